@@ -1,0 +1,174 @@
+"""The `factory` command: check specs, print the spec schema, inspect and steer the registry.
+
+    factory spec check [PATH ...]        exit 1 if any spec has an error (default: specs/)
+    factory spec schema                  JSON Schema for editors (yaml-language-server)
+    factory registry ls [NAME]           versions, formats and aliases
+    factory registry show REF            one version's manifest summary (REF: name, name@N, name@alias)
+    factory registry promote REF ALIAS   point an alias (e.g. prod) at a version
+    factory registry rollback NAME [--alias A]
+    factory registry verify [REF ...]    re-hash files against manifests (default: every version)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from factory.registry import Registry, RegistryError
+from factory.settings import Settings
+from factory.spec import SpecError, discover_specs, json_schema, load_spec
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args) or 0
+    except RegistryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="factory", description="llm-factory: one YAML file per model.")
+    commands = parser.add_subparsers(metavar="COMMAND")
+
+    spec = commands.add_parser("spec", help="check specs, print the spec schema").add_subparsers(metavar="ACTION")
+    check = spec.add_parser("check", help="validate spec files (default: specs/)")
+    check.add_argument("paths", nargs="*", default=["specs"])
+    check.set_defaults(run=spec_check)
+    spec.add_parser("schema", help="print the spec's JSON Schema").set_defaults(run=spec_schema)
+
+    registry = commands.add_parser("registry", help="inspect and steer the registry")
+    registry.add_argument("--registry", help="registry root (default: $FACTORY_ROOT/registry)")
+    actions = registry.add_subparsers(metavar="ACTION")
+    ls = actions.add_parser("ls", help="list versions")
+    ls.add_argument("name", nargs="?")
+    ls.set_defaults(run=registry_ls)
+    show = actions.add_parser("show", help="show one version")
+    show.add_argument("ref")
+    show.set_defaults(run=registry_show)
+    promote = actions.add_parser("promote", help="point an alias at a version")
+    promote.add_argument("ref")
+    promote.add_argument("alias")
+    promote.set_defaults(run=registry_promote)
+    rollback = actions.add_parser("rollback", help="move an alias back to its previous version")
+    rollback.add_argument("name")
+    rollback.add_argument("--alias", default="prod")
+    rollback.set_defaults(run=registry_rollback)
+    verify = actions.add_parser("verify", help="re-hash files against their manifests")
+    verify.add_argument("refs", nargs="*")
+    verify.set_defaults(run=registry_verify)
+    return parser
+
+
+# ---------------------------------------------------------------- spec
+
+
+def spec_check(args: argparse.Namespace) -> int:
+    files = discover_specs(args.paths)
+    if not files:
+        print(f"no spec files found in {' '.join(args.paths)}", file=sys.stderr)
+        return 1
+    failed = 0
+    for path in files:
+        try:
+            loaded = load_spec(path)
+        except SpecError as exc:
+            failed += 1
+            print("\n".join(exc.lines()))
+        else:
+            print(f"{path}: ok ({loaded.spec.name}, {len(loaded.spec.formats)} formats)")
+    print(f"{len(files) - failed} ok, {failed} with errors", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def spec_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+# ---------------------------------------------------------------- registry
+
+
+def open_registry(args: argparse.Namespace) -> Registry:
+    return Registry(args.registry or Settings.from_env().registry)
+
+
+def registry_ls(args: argparse.Namespace) -> int:
+    versions = open_registry(args).list(args.name)
+    rows = [[v.ref, _when(v.created), ", ".join(v.formats), ", ".join(v.aliases)] for v in versions]
+    print_table(["VERSION", "CREATED", "FORMATS", "ALIASES"], rows)
+    return 0
+
+
+def registry_show(args: argparse.Namespace) -> int:
+    version = open_registry(args).resolve(args.ref)
+    manifest = version.manifest()
+    print(f"{version.ref}  ({', '.join(version.aliases) or 'no aliases'})")
+    print(f"  path             {version.path}")
+    print(f"  created          {_when(version.created)}")
+    for key in ("spec_hash", "source_revision", "flow_run_id"):
+        print(f"  {key:<16} {manifest.get(key) or '-'}")
+    if manifest.get("lineage"):
+        print(f"  lineage          {json.dumps(manifest['lineage'])}")
+    for key, artifact in manifest["artifacts"].items():
+        size = sum(entry["size"] for entry in artifact["files"].values())
+        print(f"  {key:<16} {len(artifact['files'])} files, {_bytes(size)}")
+    if manifest.get("report"):
+        print("  report")
+        print("    " + json.dumps(manifest["report"], indent=2).replace("\n", "\n    "))
+    return 0
+
+
+def registry_promote(args: argparse.Namespace) -> int:
+    version = open_registry(args).promote(args.ref, args.alias)
+    print(f"{version.name}@{args.alias} -> {version.ref}")
+    return 0
+
+
+def registry_rollback(args: argparse.Namespace) -> int:
+    version = open_registry(args).rollback(args.name, args.alias)
+    print(f"{version.name}@{args.alias} -> {version.ref}")
+    return 0
+
+
+def registry_verify(args: argparse.Namespace) -> int:
+    registry = open_registry(args)
+    refs = args.refs or [v.ref for v in registry.list()]
+    failed = 0
+    for ref in refs:
+        problems = registry.verify(ref)
+        failed += bool(problems)
+        print("\n".join(problems) if problems else f"{ref}: ok")
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------- output
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    for row in [headers, *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+def _bytes(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,407 @@
+"""The spec contract: one YAML file per model, validated by pydantic, errors pointing at file:line and field path.
+
+A spec says where a model comes from, which formats to produce, how to validate them, how to fine-tune and how to
+serve. Unknown keys are errors (a typo must never be silently ignored).
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from factory.yaml_lines import LocatedYaml, YamlError, load_located
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+HF_REPO_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$"
+COMMIT_PATTERN = re.compile(r"^[0-9a-f]{40}$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- source
+
+
+class Source(Strict):
+    """Either a Hugging Face hub repository (`hf`) or a local directory or file (`local`)."""
+
+    hf: Annotated[str, Field(pattern=HF_REPO_PATTERN)] | None = None
+    revision: str | None = Field(None, description="branch, tag or 40-hex commit; required for scheduled builds")
+    allow_patterns: list[str] | None = None
+    ignore_patterns: list[str] | None = None
+    local: str | None = Field(None, description="path to a model directory or file, relative to the spec file")
+
+    @model_validator(mode="after")
+    def _exactly_one_origin(self) -> "Source":
+        if (self.hf is None) == (self.local is None):
+            raise ValueError("give exactly one of 'hf' (a hub repository) or 'local' (a path)")
+        if self.local is not None and self.revision is not None:
+            raise ValueError("'revision' only applies to 'hf' sources")
+        return self
+
+    @property
+    def pinned(self) -> bool:
+        return self.revision is not None and bool(COMMIT_PATTERN.match(self.revision))
+
+
+# ---------------------------------------------------------------- formats
+
+
+class Quantize(Strict):
+    bits: Literal[2, 3, 4, 5, 6, 8] = 4
+    group_size: Literal[32, 64, 128] = 64
+    mode: Literal["affine", "mxfp4"] = "affine"
+
+    @model_validator(mode="after")
+    def _mxfp4_shape(self) -> "Quantize":
+        if self.mode == "mxfp4" and (self.bits, self.group_size) != (4, 32):
+            raise ValueError("mxfp4 needs bits: 4 and group_size: 32")
+        return self
+
+
+class MlxFormat(Strict):
+    dtype: Literal["float16", "bfloat16", "float32"] | None = None
+    quantize: Quantize | None = None
+
+    @property
+    def key(self) -> str:
+        if self.quantize is None:
+            return f"mlx-{self.dtype or 'float16'}"
+        q = self.quantize
+        return f"mlx-mxfp4" if q.mode == "mxfp4" else f"mlx-q{q.bits}-g{q.group_size}"
+
+
+class GgufFormat(Strict):
+    type: Literal["f16", "q8_0", "q4_0", "q4_k_m"] = "q4_0"
+
+    @property
+    def key(self) -> str:
+        return f"gguf-{self.type}"
+
+
+class CoremlFormat(Strict):
+    precision: Literal["float16", "float32"] = "float16"
+    compress: Literal["none", "int8", "palettize4"] = "none"
+
+    @property
+    def key(self) -> str:
+        suffix = "" if self.compress == "none" else f"-{self.compress}"
+        return f"coreml-{self.precision}{suffix}"
+
+
+class FormatEntry(Strict):
+    """One output format: a mapping with exactly one key, e.g. `{mlx: {dtype: bfloat16}}`."""
+
+    mlx: MlxFormat | None = None
+    gguf: GgufFormat | None = None
+    coreml: CoremlFormat | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_family(self) -> "FormatEntry":
+        given = [name for name in ("mlx", "gguf", "coreml") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("each format names exactly one of: mlx, gguf, coreml")
+        return self
+
+    @property
+    def family(self) -> str:
+        return next(name for name in ("mlx", "gguf", "coreml") if getattr(self, name) is not None)
+
+    @property
+    def options(self) -> MlxFormat | GgufFormat | CoremlFormat:
+        return getattr(self, self.family)
+
+    @property
+    def key(self) -> str:
+        """The artifact's directory name in a registry version, e.g. `mlx-q4-g64`."""
+        return self.options.key
+
+
+# ---------------------------------------------------------------- validation
+
+
+class Message(Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class Expect(Strict):
+    contains: str | None = None
+    regex: str | None = None
+    max_length: Annotated[int, Field(gt=0)] | None = None
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _something_expected(self) -> "Expect":
+        if self.contains is None and self.regex is None and self.max_length is None:
+            raise ValueError("give at least one of: contains, regex, max_length")
+        return self
+
+
+class Probe(Strict):
+    """A prompt (chat messages or raw text) and what its answer must satisfy."""
+
+    messages: Annotated[list[Message], Field(min_length=1)] | None = None
+    prompt: str | None = None
+    expect: Expect | None = None
+    max_tokens: Annotated[int, Field(gt=0, le=4096)] = 32
+
+    @model_validator(mode="after")
+    def _one_input(self) -> "Probe":
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("give exactly one of 'messages' or 'prompt'")
+        return self
+
+
+class Gates(Strict):
+    max_perplexity: Annotated[float, Field(gt=0)] | None = None
+    min_tokens_per_second: Annotated[float, Field(ge=0)] | None = None
+    max_peak_memory_mb: Annotated[float, Field(gt=0)] | None = None
+
+
+class Validate(Strict):
+    prompts: list[Probe] = []
+    eval: str | None = Field(None, description="JSONL file for perplexity, relative to the spec file")
+    gates: Gates = Gates()
+
+
+# ---------------------------------------------------------------- fine-tuning
+
+
+class TrainingData(Strict):
+    train: str
+    valid: str | None = None
+
+
+class FineTuneGate(Strict):
+    min_valid_loss_drop: Annotated[float, Field(ge=0)] = 0.0
+
+
+class FineTune(Strict):
+    method: Literal["lora", "dora", "qlora", "full"] = "lora"
+    data: TrainingData
+    iters: Annotated[int, Field(gt=0)] | None = None
+    epochs: Annotated[int, Field(gt=0)] | None = None
+    batch_size: Annotated[int, Field(gt=0)] = 4
+    learning_rate: Annotated[float, Field(gt=0)] = 1e-4
+    rank: Annotated[int, Field(gt=0)] = 8
+    layers: Annotated[int, Field(gt=0)] | None = None
+    target: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
+    probes: list[Probe] = []
+    gate: FineTuneGate = FineTuneGate()
+
+    @model_validator(mode="after")
+    def _iters_or_epochs(self) -> "FineTune":
+        if self.iters is not None and self.epochs is not None:
+            raise ValueError("give 'iters' or 'epochs', not both")
+        return self
+
+
+# ---------------------------------------------------------------- serving
+
+
+class GenerationDefaults(Strict):
+    temperature: Annotated[float, Field(ge=0, le=2)] = 0.7
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    max_tokens: Annotated[int, Field(gt=0)] = 512
+
+
+class Serve(Strict):
+    aliases: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = []
+    context_length: Annotated[int, Field(gt=0)] = 4096
+    defaults: GenerationDefaults = GenerationDefaults()
+    draft: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
+    engine: Literal["auto", "mlx", "llamacpp"] = "auto"
+
+
+# ---------------------------------------------------------------- the spec
+
+
+CRON_RANGES = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]
+CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?$")
+CRON_NAMES = re.compile(r"^[A-Za-z]{3}(-[A-Za-z]{3})?$")
+
+
+def check_cron(expression: str) -> str:
+    """Five-field cron, each field a list of `*`, `N`, `N-M` with optional `/step` (month/day names allowed)."""
+    fields = expression.split()
+    if len(fields) != 5:
+        raise ValueError(f"cron needs 5 fields (minute hour day month weekday), got {len(fields)}")
+    for field, (low, high) in zip(fields, CRON_RANGES):
+        for part in field.split(","):
+            if CRON_NAMES.match(part):
+                continue
+            if not CRON_FIELD.match(part):
+                raise ValueError(f"cron field {field!r} is not understood")
+            for number in re.findall(r"\d+", part.split("/")[0]):
+                if not low <= int(number) <= high:
+                    raise ValueError(f"cron field {field!r}: {number} is outside {low}-{high}")
+    return expression
+
+
+class Spec(Strict):
+    name: Annotated[str, Field(pattern=NAME_PATTERN, description="registry name; lowercase, digits, . _ -")]
+    source: Source
+    formats: Annotated[list[FormatEntry], Field(min_length=1)]
+    validate_: Validate = Field(Validate(), alias="validate")
+    fine_tune: FineTune | None = None
+    serve: Serve = Serve()
+    schedule: str | None = Field(None, description="cron expression for this spec's own scheduled build")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        return None if value is None else check_cron(value)
+
+    @field_validator("formats")
+    @classmethod
+    def _distinct_formats(cls, formats: list[FormatEntry]) -> list[FormatEntry]:
+        keys = [entry.key for entry in formats]
+        duplicates = sorted({key for key in keys if keys.count(key) > 1})
+        if duplicates:
+            raise ValueError(f"format declared twice: {', '.join(duplicates)}")
+        return formats
+
+    @model_validator(mode="after")
+    def _scheduled_builds_are_pinned(self) -> "Spec":
+        if self.schedule and self.source.hf and self.source.revision is None:
+            raise ValueError("a scheduled hub build needs source.revision (a branch, tag or commit)")
+        return self
+
+    def content_hash(self) -> str:
+        """sha256 of the spec's meaning: comments, key order and whitespace do not change it."""
+        canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- loading with precise errors
+
+
+class SpecError(Exception):
+    """Every problem in one spec file, each as `file:line: field.path: message`."""
+
+    def __init__(self, path: Path, problems: list[tuple[int, str, str]]):
+        self.path = path
+        self.problems = problems  # (line, field path, message)
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        return [f"{self.path}:{line}: {field + ': ' if field else ''}{message}" for line, field, message in self.problems]
+
+
+class LoadedSpec(BaseModel):
+    """A validated spec and the file it came from (relative paths in the spec resolve against its folder)."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    spec: Spec
+    path: Path
+
+    def resolve(self, relative: str) -> Path:
+        return (self.path.parent / relative).resolve()
+
+
+def load_spec(path: str | Path) -> LoadedSpec:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(path, [(1, "", f"cannot read file: {exc.strerror}")]) from None
+    return LoadedSpec(spec=parse_spec(text, path), path=path)
+
+
+def parse_spec(text: str, path: Path) -> Spec:
+    try:
+        located = load_located(text)
+    except YamlError as exc:
+        raise SpecError(path, [(exc.line, "", exc.message)]) from None
+    if not isinstance(located.data, dict):
+        raise SpecError(path, [(1, "", "a spec is a YAML mapping (name:, source:, formats:, ...)")])
+    try:
+        return Spec.model_validate(located.data)
+    except ValidationError as exc:
+        raise SpecError(path, sorted(_describe(error, located) for error in exc.errors())) from None
+
+
+def _describe(error: dict[str, Any], located: LocatedYaml) -> tuple[int, str, str]:
+    loc = tuple(error["loc"])
+    field = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+    return located.line_of(loc), field, _message(error)
+
+
+def _message(error: dict[str, Any]) -> str:
+    kind, ctx = error["type"], error.get("ctx", {})
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(error["loc"][:-1])
+        close = difflib.get_close_matches(str(error["loc"][-1]), allowed, n=1)
+        return "unknown key" + (f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(allowed)})")
+    if kind == "missing":
+        return "required"
+    if kind == "literal_error":
+        # pydantic writes "Input should be 2, 3 or 4"; keep the choices, say it plainly.
+        return "must be one of " + ctx.get("expected", "").replace(" or ", ", ").replace("'", "")
+    if kind == "string_pattern_mismatch":
+        return f"{error['input']!r} does not match {ctx.get('pattern')}"
+    message = error["msg"]
+    message = message.removeprefix("Value error, ")
+    return message[0].lower() + message[1:] if message else kind
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """The keys a mapping at `loc` accepts, found by walking the models' field annotations."""
+    model: Any = Spec
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = next((f for name, f in model.model_fields.items() if (f.alias or name) == part), None)
+        if field is None:
+            return []
+        model = _model_in(field.annotation)
+        if model is None:
+            return []
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The BaseModel inside `X | None`, `list[X]` or `Annotated[X, ...]`, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in get_args(annotation):
+        found = _model_in(argument)
+        if found is not None:
+            return found
+    return None
+
+
+def discover_specs(paths: list[str | Path]) -> list[Path]:
+    """Spec files among `paths`: files as given, folders searched recursively for *.yaml / *.yml."""
+    found: list[Path] = []
+    for entry in map(Path, paths):
+        if entry.is_dir():
+            found.extend(sorted(p for p in entry.rglob("*") if p.suffix in (".yaml", ".yml")))
+        else:
+            found.append(entry)
+    return found
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Spec.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "llm-factory model spec"
+    return schema

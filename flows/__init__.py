@@ -1,0 +1,1 @@
+"""Prefect flows: orchestration only. Each flow composes one-step tasks from `tasks/`."""

@@ -1,0 +1,1 @@
+"""Prefect tasks, one step per module: download, convert, validate, publish, fine-tune."""

@@ -1,0 +1,124 @@
+"""The spec contract: valid specs load, every malformed one names file, line and field."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from factory.spec import SpecError, json_schema, load_spec, parse_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+BAD = Path(__file__).parent / "bad_specs"
+
+VALID = """\
+name: demo
+source: {hf: org/model, revision: main}
+formats:
+  - {mlx: {dtype: bfloat16}}
+  - {mlx: {quantize: {bits: 4, group_size: 64}}}
+  - {gguf: {type: q4_0}}
+  - {coreml: {precision: float16, compress: palettize4}}
+validate:
+  prompts: [{messages: [{role: user, content: "2+2="}], expect: {contains: "4"}}]
+  eval: data/eval.jsonl
+  gates: {max_perplexity: 30, min_tokens_per_second: 1}
+fine_tune: {method: lora, data: {train: data/train.jsonl}, iters: 200, rank: 8, gate: {min_valid_loss_drop: 0.1}}
+serve: {aliases: [default], context_length: 4096, defaults: {temperature: 0.7, max_tokens: 512}, draft: tiny-draft}
+schedule: "0 3 * * *"
+"""
+
+
+def errors_of(text: str) -> list[str]:
+    with pytest.raises(SpecError) as caught:
+        parse_spec(text, Path("specs/x.yaml"))
+    return caught.value.lines()
+
+
+def test_the_design_example_is_valid():
+    spec = parse_spec(VALID, Path("x.yaml"))
+    assert [f.key for f in spec.formats] == ["mlx-bfloat16", "mlx-q4-g64", "gguf-q4_0", "coreml-float16-palettize4"]
+    assert spec.validate_.gates.max_perplexity == 30
+    assert spec.fine_tune.rank == 8 and spec.serve.draft == "tiny-draft"
+
+
+def test_error_names_file_line_and_field_path():
+    text = VALID.replace("{bits: 4, group_size: 64}", "{bits: 7, group_size: 64}")
+    assert errors_of(text) == ["specs/x.yaml:5: formats[1].mlx.quantize.bits: must be one of 2, 3, 4, 5, 6, 8"]
+
+
+def test_unknown_key_is_an_error_with_a_suggestion():
+    text = VALID.replace("context_length: 4096", "context_lenght: 4096")
+    assert errors_of(text) == ["specs/x.yaml:13: serve.context_lenght: unknown key (did you mean 'context_length'?)"]
+
+
+def test_every_error_is_reported_one_per_line_in_line_order():
+    text = VALID.replace("role: user", "role: robot").replace("max_perplexity: 30", "max_perplexity: 0")
+    lines = errors_of(text)
+    assert lines == [
+        "specs/x.yaml:9: validate.prompts[0].messages[0].role: must be one of system, user, assistant",
+        "specs/x.yaml:11: validate.gates.max_perplexity: input should be greater than 0",
+    ]
+
+
+def test_yaml_syntax_error_gives_its_line():
+    text = VALID.replace("  - {gguf: {type: q4_0}}", "  - {gguf: {type: q4_0}")
+    [line] = errors_of(text)
+    assert line.startswith("specs/x.yaml:7: YAML syntax error")
+
+
+def test_duplicate_keys_are_refused():
+    assert errors_of(VALID + "name: other\n") == ["specs/x.yaml:15: duplicate key 'name'"]
+
+
+def test_a_scheduled_hub_build_must_pin_a_revision():
+    text = VALID.replace("source: {hf: org/model, revision: main}", "source: {hf: org/model}")
+    assert errors_of(text) == ["specs/x.yaml:1: a scheduled hub build needs source.revision (a branch, tag or commit)"]
+
+
+@pytest.mark.parametrize("cron, problem", [("0 3 * *", "needs 5 fields"), ("0 25 * * *", "25 is outside 0-23"),
+                                           ("0 3 * * mon-fri", None), ("*/15 0-6,22 1 1-12/2 0", None)])
+def test_cron_schedules_are_checked(cron, problem):
+    text = VALID.replace('"0 3 * * *"', f'"{cron}"')
+    if problem is None:
+        assert parse_spec(text, Path("x.yaml")).schedule == cron
+    else:
+        [line] = errors_of(text)
+        assert line.startswith("specs/x.yaml:14: schedule: ") and problem in line
+
+
+def test_content_hash_ignores_comments_whitespace_and_key_order():
+    base = parse_spec(VALID, Path("x.yaml")).content_hash()
+    reordered = "# a comment\n" + VALID.replace("{method: lora, data:", "{data:").replace(
+        "iters: 200,", "iters: 200, method: lora,")
+    assert parse_spec(reordered, Path("x.yaml")).content_hash() == base
+    assert parse_spec(VALID.replace("rank: 8", "rank: 16"), Path("x.yaml")).content_hash() != base
+
+
+def test_missing_file_is_a_spec_error(tmp_path):
+    with pytest.raises(SpecError, match="cannot read file"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+def test_cli_check_prints_one_precise_line_per_error_and_exits_1():
+    result = subprocess.run([sys.executable, "-m", "factory.cli", "spec", "check", "tests/factory/bad_specs"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stdout == (BAD / "expected-errors.txt").read_text()
+    assert "0 ok, 6 with errors" in result.stderr
+
+
+def test_cli_check_passes_the_shipped_specs():
+    result = subprocess.run([sys.executable, "-m", "factory.cli", "spec", "check"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+    assert "tiny-demo.yaml: ok" in result.stdout and "qwen2.5-0.5b-instruct.yaml: ok" in result.stdout
+
+
+def test_shipped_schema_file_is_current_and_referenced():
+    shipped = json.loads((ROOT / ".factory-spec.schema.json").read_text())
+    assert shipped == json_schema(), "run: factory spec schema > .factory-spec.schema.json"
+    for spec in (ROOT / "specs").rglob("*.yaml"):
+        first = spec.read_text().splitlines()[0]
+        target = first.partition("$schema=")[2]
+        assert (spec.parent / target).resolve() == ROOT / ".factory-spec.schema.json", spec
