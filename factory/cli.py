@@ -7,6 +7,13 @@
     factory registry promote REF ALIAS   point an alias (e.g. prod) at a version
     factory registry rollback NAME [--alias A]
     factory registry verify [REF ...]    re-hash files against manifests (default: every version)
+    factory build NAME_OR_PATH ... | --all
+    factory deploy                       register prefect.yaml's deployments and one per scheduled spec
+    factory worker                       start a Prefect worker on the factory's work pool
+    factory up                           Prefect server (unless PREFECT_API_URL is set), build the demo, serve
+
+Commands that run flows import them lazily, so `factory spec` and `factory registry` stay light and this kernel
+module depends on the other rooms only at the moment it runs them.
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ import time
 from collections.abc import Sequence
 
 from factory.registry import Registry, RegistryError
+from factory.services import apply_prefect_environment
 from factory.settings import Settings
 from factory.spec import SpecError, discover_specs, json_schema, load_spec
 
@@ -24,6 +32,7 @@ from factory.spec import SpecError, discover_specs, json_schema, load_spec
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    apply_prefect_environment(Settings.from_env())  # before anything imports Prefect
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
@@ -36,15 +45,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="factory", description="llm-factory: one YAML file per model.")
-    commands = parser.add_subparsers(metavar="COMMAND")
+    subcommands = parser.add_subparsers(metavar="COMMAND")
 
-    spec = commands.add_parser("spec", help="check specs, print the spec schema").add_subparsers(metavar="ACTION")
+    spec = subcommands.add_parser("spec", help="check specs, print the spec schema").add_subparsers(metavar="ACTION")
     check = spec.add_parser("check", help="validate spec files (default: specs/)")
     check.add_argument("paths", nargs="*", default=["specs"])
     check.set_defaults(run=spec_check)
     spec.add_parser("schema", help="print the spec's JSON Schema").set_defaults(run=spec_schema)
 
-    registry = commands.add_parser("registry", help="inspect and steer the registry")
+    registry = subcommands.add_parser("registry", help="inspect and steer the registry")
     registry.add_argument("--registry", help="registry root (default: $FACTORY_ROOT/registry)")
     actions = registry.add_subparsers(metavar="ACTION")
     ls = actions.add_parser("ls", help="list versions")
@@ -64,6 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     verify = actions.add_parser("verify", help="re-hash files against their manifests")
     verify.add_argument("refs", nargs="*")
     verify.set_defaults(run=registry_verify)
+
+    build = subcommands.add_parser("build", help="build specs into validated, published versions")
+    build.add_argument("specs", nargs="*", metavar="NAME_OR_PATH")
+    build.add_argument("--all", action="store_true", help="every spec in --specs-dir that changed")
+    build.add_argument("--specs-dir", default="specs")
+    build.set_defaults(run=run_build)
+    subcommands.add_parser("deploy", help="register the Prefect deployments").set_defaults(run=run_deploy)
+    subcommands.add_parser("worker", help="start a Prefect worker").set_defaults(run=run_worker)
+    up = subcommands.add_parser("up", help="Prefect server, build the demo spec, serve it")
+    up.add_argument("--spec", default="specs/tiny-demo.yaml")
+    up.set_defaults(run=run_up)
     return parser
 
 
@@ -147,6 +167,44 @@ def registry_verify(args: argparse.Namespace) -> int:
         failed += bool(problems)
         print("\n".join(problems) if problems else f"{ref}: ok")
     return 1 if failed else 0
+
+
+# ---------------------------------------------------------------- pipeline
+
+
+def run_build(args: argparse.Namespace) -> int:
+    if not args.specs and not args.all:
+        print("give spec names or paths, or --all", file=sys.stderr)
+        return 2
+    from flows import commands
+
+    rows = commands.build_all_rows(args.specs_dir) if args.all else [
+        commands.build_one_row(spec, args.specs_dir) for spec in args.specs]
+    print()
+    print_table(["SPEC", "FORMATS", "GATES", "VERSION", "STATUS"],
+                [[r["spec"], r["formats"], r["gates"], r["version"], r["status"]] for r in rows])
+    for row in rows:
+        if row.get("detail"):
+            print(f"\n{row['spec']}: {row['detail']}", file=sys.stderr)
+    return 1 if any(r["status"] in ("failed", "invalid") for r in rows) else 0
+
+
+def run_deploy(args: argparse.Namespace) -> int:
+    from flows import commands
+
+    return commands.deploy()
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from flows import commands
+
+    return commands.worker()
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from flows import commands
+
+    return commands.up(args.spec)
 
 
 # ---------------------------------------------------------------- output

@@ -400,6 +400,23 @@ def discover_specs(paths: list[str | Path]) -> list[Path]:
     return found
 
 
+def find_spec(name_or_path: str | Path, specs_dir: str | Path = "specs") -> Path:
+    """A spec file given as a path, or by its `name:` among the specs in `specs_dir` (recursively)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    for candidate in discover_specs([specs_dir]):
+        if candidate.stem == str(name_or_path):
+            return candidate
+    for candidate in discover_specs([specs_dir]):
+        try:
+            if load_spec(candidate).spec.name == str(name_or_path):
+                return candidate
+        except SpecError:
+            continue
+    raise SpecError(Path(specs_dir), [(1, "", f"no spec named {name_or_path!r} in {specs_dir}")])
+
+
 def json_schema() -> dict[str, Any]:
     schema = Spec.model_json_schema(by_alias=True)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"

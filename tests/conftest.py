@@ -1,18 +1,50 @@
-"""Session-wide fixtures: an offline guard, the tiny model, and the local hub."""
+"""Session-wide fixtures: an offline guard, a real Prefect server, the tiny model, and the local hub.
+
+Prefect reads its settings when it is imported, so this module points them at a private PREFECT_HOME and at the
+port where the session's server will listen before any test module imports Prefect.
+"""
 from __future__ import annotations
 
 import ipaddress
 import os
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from factory.services import free_port, start_prefect_server
+from factory.settings import Settings
 from tests.fixtures.local_hub import LocalHub
 from tests.fixtures.tiny_model import make_tiny_model
 
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+SESSION_ROOT = Path(tempfile.mkdtemp(prefix="factory-tests-"))
+PREFECT_PORT = free_port()
+os.environ.update({
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "PREFECT_HOME": str(SESSION_ROOT / "prefect"),
+    "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(SESSION_ROOT / "prefect" / "results"),
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_API_URL": f"http://127.0.0.1:{PREFECT_PORT}/api",
+    "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.3",
+})
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One real Prefect server (SQLite) for the whole session, started on first use."""
+    server = start_prefect_server(Settings.from_env({"FACTORY_ROOT": str(SESSION_ROOT)}), port=PREFECT_PORT)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def factory_root(tmp_path, monkeypatch) -> Path:
+    """A private FACTORY_ROOT (registry, runs, hub cache) for one test."""
+    root = tmp_path / "factory"
+    monkeypatch.setenv("FACTORY_ROOT", str(root))
+    monkeypatch.delenv("FACTORY_REGISTRY", raising=False)
+    return root
 
 
 @pytest.fixture(scope="session", autouse=True)

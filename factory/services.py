@@ -1,0 +1,81 @@
+"""Local services the factory starts for itself: the Prefect server (SQLite, under the factory root).
+
+Stdlib only: the server is a `prefect server start` child process, and readiness is one HTTP GET.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from factory.settings import Settings
+
+
+def prefect_environment(settings: Settings) -> dict[str, str]:
+    """Prefect settings that keep its database, results and home under the factory root, offline."""
+    return {
+        "PREFECT_HOME": str(settings.prefect_home),
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(settings.prefect_home / "results"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+    }
+
+
+def apply_prefect_environment(settings: Settings) -> None:
+    """Set the defaults above in this process (before Prefect is imported); explicit variables win."""
+    for key, value in prefect_environment(settings).items():
+        os.environ.setdefault(key, value)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class PrefectServer:
+    process: subprocess.Popen
+    api_url: str
+    log: Path
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_prefect_server(settings: Settings, port: int | None = None, timeout: float = 90) -> PrefectServer:
+    """Start `prefect server start` on 127.0.0.1 and wait until its API answers /health."""
+    port = port or free_port()
+    settings.prefect_home.mkdir(parents=True, exist_ok=True)
+    log = settings.prefect_home / "server.log"
+    env = {**os.environ, **prefect_environment(settings)}
+    env.pop("PREFECT_API_URL", None)  # the server must not try to talk to another server
+    command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
+               "--no-ui", "--analytics-off"]
+    process = subprocess.Popen(command, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    api_url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"prefect server exited with {process.returncode}; see {log}")
+        try:
+            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return PrefectServer(process=process, api_url=api_url, log=log)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.3)
+    process.kill()
+    raise RuntimeError(f"prefect server did not become healthy within {timeout:.0f}s; see {log}")

@@ -1,0 +1,100 @@
+"""Build flows: a spec becomes validated, published artifacts.
+
+    build_model(spec) = download → normalise → convert × formats → validate × formats → report → publish
+    build_all()       = build_model for every spec in specs/ whose content or source changed since its last version
+
+Orchestration only: each step is a task in `tasks/`. Steps are content-cached, so an unchanged rebuild costs seconds.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_table_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from factory.registry import Registry
+from factory.settings import Settings
+from factory.spec import LoadedSpec, SpecError, find_spec, load_spec
+from flows.setup import ensure_heavy_limit
+from tasks.caching import refreshed_if_missing
+from tasks.convert import BuiltArtifact, artifact_dir, convert_format
+from tasks.download import download_source, source_revision
+from tasks.normalize import normalise_checkpoint
+from tasks.publish import latest_matching, publish_version
+from tasks.validate import failures, record_report, validate_artifact
+
+
+class BuildFailed(Exception):
+    """A build that must not publish: a format failed to convert or a validation gate failed."""
+
+
+@flow(name="build-model", flow_run_name="build {spec}", task_runner=ThreadPoolTaskRunner(max_workers=4))
+def build_model(spec: str, specs_dir: str = "specs") -> dict[str, Any]:
+    """Build one spec (a path, or a spec name looked up in `specs_dir`) and publish it if it passes validation."""
+    loaded = load_spec(find_spec(spec, specs_dir))
+    model, spec_dir, settings = loaded.spec, str(loaded.path.parent), Settings.from_env()
+    runs = str(settings.runs)
+    ensure_heavy_limit()
+
+    source = download_source(model.source, spec_dir, str(settings.hub_cache))
+    source = normalise_checkpoint(source, runs)
+    conversions = [refreshed_if_missing(convert_format, artifact_dir(source, entry, runs)).submit(source, entry, runs)
+                   for entry in model.formats]
+    artifacts = _results_or_fail(conversions)
+
+    reports = [validate_artifact(artifact, model.validate_, spec_dir) for artifact in artifacts]
+    record_report(model.name, reports)
+    if problems := failures(reports):
+        raise BuildFailed(f"{model.name}: validation failed, nothing published:\n" + "\n".join(problems))
+
+    result = publish_version(model.name, artifacts, source, model.content_hash(), reports, str(settings.registry))
+    return {"spec": model.name, "formats": [a.key for a in artifacts], "gates": "passed", "version": result.ref,
+            "status": "published" if result.published else "up to date"}
+
+
+@flow(name="build-all")
+def build_all(specs_dir: str = "specs") -> list[dict[str, Any]]:
+    """Build every spec directly in `specs_dir` (not `examples/`) that changed since its last published version."""
+    registry = Registry(Settings.from_env().registry)
+    rows = []
+    for path in sorted(Path(specs_dir).glob("*.y*ml")):
+        rows.append(_build_if_changed(path, registry, specs_dir))
+    create_table_artifact(rows, key="build-all", description="build-all summary")
+    failed = [row for row in rows if row["status"] in ("failed", "invalid")]
+    if failed:
+        raise BuildFailed("\n".join(f"{row['spec']}: {row['detail']}" for row in failed))
+    return rows
+
+
+def _build_if_changed(path: Path, registry: Registry, specs_dir: str) -> dict[str, Any]:
+    try:
+        loaded = load_spec(path)
+    except SpecError as exc:
+        return {"spec": path.name, "formats": "", "gates": "", "version": "", "status": "invalid", "detail": str(exc)}
+    current = _current_version(loaded, registry)
+    if current is not None:
+        return {"spec": loaded.spec.name, "formats": ", ".join(current.formats), "gates": "passed",
+                "version": current.ref, "status": "up to date", "detail": ""}
+    state = build_model(spec=str(path), specs_dir=specs_dir, return_state=True)
+    if state.is_failed():
+        error = state.result(raise_on_failure=False)
+        return {"spec": loaded.spec.name, "formats": ", ".join(f.key for f in loaded.spec.formats), "gates": "failed",
+                "version": "", "status": "failed", "detail": str(error)}
+    return {**state.result(), "detail": ""}
+
+
+def _current_version(loaded: LoadedSpec, registry: Registry):
+    revision = source_revision(loaded.spec.source, str(loaded.path.parent))
+    return latest_matching(registry, loaded.spec.name, loaded.spec.content_hash(), revision)
+
+
+def _results_or_fail(futures) -> list[BuiltArtifact]:
+    """Wait for every conversion; if any failed, fail the build with each failing format's reason."""
+    for future in futures:
+        future.wait()
+    errors = [str(f.state.result(raise_on_failure=False)) for f in futures if f.state.is_failed()]
+    if errors:
+        raise BuildFailed("conversion failed, nothing published:\n" + "\n".join(errors))
+    return [future.result() for future in futures]

@@ -1,0 +1,114 @@
+"""What the `factory` CLI runs for the pipeline: builds with a summary row per spec, deploy, worker, up.
+
+Long-lived processes (Prefect server, worker, gunicorn) are started as child processes; this module only wires them.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from factory.services import PrefectServer, start_prefect_server
+from factory.settings import Settings
+from factory.spec import SpecError, discover_specs, find_spec, load_spec
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+
+
+def build_one_row(spec: str, specs_dir: str) -> dict[str, Any]:
+    from flows.build import build_model
+
+    try:
+        name = load_spec(find_spec(spec, specs_dir)).spec.name
+    except SpecError as exc:
+        return {"spec": spec, "formats": "", "gates": "", "version": "", "status": "invalid", "detail": str(exc)}
+    state = build_model(spec=spec, specs_dir=specs_dir, return_state=True)
+    if state.is_failed():
+        return {"spec": name, "formats": "", "gates": "failed", "version": "", "status": "failed",
+                "detail": str(state.result(raise_on_failure=False))}
+    row = state.result()
+    return {**row, "formats": ", ".join(row["formats"]), "detail": ""}
+
+
+def build_all_rows(specs_dir: str) -> list[dict[str, Any]]:
+    from flows.build import build_all
+
+    state = build_all(specs_dir=specs_dir, return_state=True)
+    if state.is_failed():
+        error = state.result(raise_on_failure=False)
+        return [{"spec": "(build-all)", "formats": "", "gates": "", "version": "", "status": "failed",
+                 "detail": str(error)}]
+    return state.result()
+
+
+def deployments_file(settings: Settings) -> Path:
+    """prefect.yaml plus one scheduled `build-model/<name>` deployment per spec that declares `schedule:`."""
+    config = yaml.safe_load((PROJECT_DIR / "prefect.yaml").read_text())
+    for path in discover_specs([PROJECT_DIR / "specs"]):
+        if path.parent.name == "examples":
+            continue
+        spec = load_spec(path).spec
+        if spec.schedule:
+            config["deployments"].append({
+                "name": spec.name, "entrypoint": "flows/build.py:build_model",
+                "parameters": {"spec": str(path.relative_to(PROJECT_DIR))}, "work_pool": {"name": "factory"},
+                "schedules": [{"cron": spec.schedule}], "description": f"scheduled build of {path.name}",
+            })
+    out = settings.prefect_home / "deployments.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(config, sort_keys=False))
+    return out
+
+
+def deploy() -> int:
+    from flows.setup import ensure_heavy_limit, ensure_work_pool
+
+    settings = Settings.from_env()
+    ensure_work_pool()
+    ensure_heavy_limit()
+    env = {**os.environ, "FACTORY_PROJECT_DIR": str(PROJECT_DIR)}
+    command = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all",
+               "--prefect-file", str(deployments_file(settings))]
+    return subprocess.run(command, cwd=PROJECT_DIR, env=env).returncode
+
+
+def worker() -> int:
+    from flows.setup import WORK_POOL
+
+    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", WORK_POOL, "--type", "process"]
+    return subprocess.run(command, cwd=PROJECT_DIR).returncode
+
+
+def ensure_prefect_server(settings: Settings) -> PrefectServer | None:
+    """Start a Prefect server under the factory root unless PREFECT_API_URL points at one already."""
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    server = start_prefect_server(settings, port=int(os.environ.get("FACTORY_PREFECT_PORT", "4200")))
+    os.environ["PREFECT_API_URL"] = server.api_url
+    print(f"Prefect server: {server.api_url} (log: {server.log})", flush=True)
+    return server
+
+
+def up(spec: str) -> int:
+    settings = Settings.from_env()
+    server = ensure_prefect_server(settings)
+    try:
+        row = build_one_row(spec, "specs")
+        print(f"{row['spec']}: {row['status']} {row['version']}")
+        if row["status"] in ("failed", "invalid"):
+            print(row["detail"], file=sys.stderr)
+            return 1
+        return serve_forever(settings)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def serve_forever(settings: Settings) -> int:
+    """Serving arrives with the server issue; until then `up` stops after building."""
+    print("built and published; the OpenAI-compatible server is not part of this build yet", file=sys.stderr)
+    return 0

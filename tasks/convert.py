@@ -1,0 +1,86 @@
+"""Convert step: one declared format of a source model into a directory, through mlx-lm's own conversion API.
+
+Outputs are content-addressed (`runs/convert/<digest>-<format key>/`): the digest covers the source's identity, the
+format's options and the converter's version, so an unchanged rebuild finds the output instead of converting.
+Heavy work holds the `factory-heavy` global concurrency slot so one machine is not asked to convert twice at once.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+from prefect import task
+from prefect.concurrency.sync import concurrency
+from prefect.logging import get_run_logger
+
+from factory.spec import FormatEntry, MlxFormat
+from tasks.caching import content_key
+from tasks.download import SourceSnapshot
+
+HEAVY = "factory-heavy"
+CONVERTER_VERSION = 1  # bump when this module's output changes for the same inputs
+
+
+class UnsupportedFormat(Exception):
+    """The spec declares a format this factory cannot produce yet."""
+
+
+@dataclass(frozen=True)
+class BuiltArtifact:
+    key: str  # format key, e.g. mlx-q4-g64: the artifact's directory name in the registry
+    family: str  # mlx, gguf, coreml
+    path: str
+    identity: str  # digest of (source identity, format options, converter version)
+
+
+def artifact_identity(source: SourceSnapshot, entry: FormatEntry) -> str:
+    return content_key(source.identity, entry, CONVERTER_VERSION, version("mlx-lm"))
+
+
+def artifact_dir(source: SourceSnapshot, entry: FormatEntry, runs_dir: str | Path) -> Path:
+    return Path(runs_dir) / "convert" / f"{artifact_identity(source, entry)[:24]}-{entry.key}"
+
+
+def _convert_key(context, parameters) -> str:
+    return artifact_identity(parameters["source"], parameters["entry"])
+
+
+@task(cache_key_fn=_convert_key, persist_result=True, task_run_name="convert {entry.key}")
+def convert_format(source: SourceSnapshot, entry: FormatEntry, runs_dir: str) -> BuiltArtifact:
+    out = artifact_dir(source, entry, runs_dir)
+    artifact = BuiltArtifact(key=entry.key, family=entry.family, path=str(out),
+                             identity=artifact_identity(source, entry))
+    if out.exists():
+        return artifact
+    if entry.mlx is None:
+        raise UnsupportedFormat(f"{entry.key}: {entry.family} export is not implemented yet; remove it from the "
+                                f"spec's formats or build only MLX formats")
+    staging = out.with_name(f"{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    with concurrency(HEAVY, occupy=1):
+        try:
+            convert_mlx(Path(source.path), entry.mlx, staging)
+            os.rename(staging, out)  # whole outputs only: a killed conversion never looks finished
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    get_run_logger().info("converted %s to %s", source.origin, out)
+    return artifact
+
+
+def convert_mlx(source: Path, options: MlxFormat, out: Path) -> None:
+    from mlx_lm import convert
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    quantize = options.quantize
+    convert(
+        hf_path=str(source),
+        mlx_path=str(out),
+        quantize=quantize is not None,
+        q_bits=quantize.bits if quantize else None,
+        q_group_size=quantize.group_size if quantize else None,
+        q_mode=quantize.mode if quantize else "affine",
+        dtype=options.dtype or ("float16" if quantize is None else None),
+    )

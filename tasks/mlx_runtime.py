@@ -1,0 +1,80 @@
+"""What validation needs from MLX: load an artifact, render its chat template, generate greedily, measure.
+
+Kept apart from the report logic in `validate.py` so another runtime (llama.cpp for GGUF) can offer the same four
+functions.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+
+    @classmethod
+    def load(cls, path: Path) -> "LoadedModel":
+        from mlx_lm import load
+
+        model, tokenizer = load(str(path))
+        return cls(model, tokenizer)
+
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def generate(self, prompt: str, max_tokens: int) -> tuple[str, float, float]:
+        """Greedy completion of `prompt`: (text, decode tokens/s, peak memory MB)."""
+        from mlx_lm import stream_generate
+
+        text, tps, peak = "", 0.0, 0.0
+        for response in stream_generate(self.model, self.tokenizer, prompt, max_tokens=max_tokens):
+            text += response.text
+            tps, peak = response.generation_tps, response.peak_memory * 1024
+        return text, tps, peak
+
+    def perplexity(self, eval_file: Path) -> float:
+        """exp(mean token negative log-likelihood) over every example in a JSONL file."""
+        import mlx.core as mx
+        import mlx.nn as nn
+
+        total, count = 0.0, 0
+        for text in self._eval_texts(eval_file):
+            tokens = self.tokenizer.encode(text)
+            if len(tokens) < 2:
+                continue
+            inputs = mx.array(tokens)[None]
+            logits = self.model(inputs[:, :-1]).astype(mx.float32)
+            losses = nn.losses.cross_entropy(logits, inputs[:, 1:], reduction="sum")
+            total += losses.item()
+            count += len(tokens) - 1
+        if count == 0:
+            raise ValueError(f"{eval_file} has no example of two or more tokens")
+        return math.exp(total / count)
+
+    def _eval_texts(self, eval_file: Path):
+        for number, line in enumerate(eval_file.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if "text" in row:
+                yield row["text"]
+            elif "messages" in row:
+                yield self.tokenizer.apply_chat_template(row["messages"], tokenize=False)
+            elif "prompt" in row and "completion" in row:
+                yield row["prompt"] + row["completion"]
+            else:
+                raise ValueError(f"{eval_file}:{number}: expected a 'text', 'messages' or 'prompt'+'completion' row")
+
+    def release(self) -> None:
+        import mlx.core as mx
+
+        self.model = self.tokenizer = None
+        mx.clear_cache()

@@ -1,0 +1,136 @@
+"""Validate step: every artifact must load, render its chat template, answer the spec's smoke prompts as expected,
+and pass the spec's gates (perplexity, decode speed, peak memory).
+
+The result is a report per artifact: a list of named checks, each passed or failed with its measured value. The
+build publishes only when every check of every artifact passed; the same reports are stored with the version.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+
+from factory.spec import Expect, Validate
+from factory.storage import sha256_file
+from tasks.caching import content_key
+from tasks.convert import BuiltArtifact
+from tasks.mlx_runtime import LoadedModel
+
+VALIDATOR_VERSION = 1
+SPEED_PROMPT = [{"role": "user", "content": "Count from one to twenty."}]
+SPEED_TOKENS = 32
+
+
+def check(name: str, passed: bool, value: Any = None, detail: str = "") -> dict[str, Any]:
+    return {"name": name, "passed": bool(passed), "value": value, "detail": detail}
+
+
+def _validate_key(context, parameters) -> str:
+    checks: Validate = parameters["checks"]
+    eval_path = Path(parameters["spec_dir"]) / checks.eval if checks.eval else None
+    eval_digest = sha256_file(eval_path) if eval_path and eval_path.is_file() else None
+    return content_key(parameters["artifact"].identity, checks, eval_digest, VALIDATOR_VERSION)
+
+
+@task(cache_key_fn=_validate_key, persist_result=True, task_run_name="validate {artifact.key}")
+def validate_artifact(artifact: BuiltArtifact, checks: Validate, spec_dir: str) -> dict[str, Any]:
+    results: list[dict[str, Any]] = []
+    try:
+        model = LoadedModel.load(Path(artifact.path))
+    except Exception as exc:  # a model that does not load fails validation; it must not crash the build
+        results.append(check("loads", False, detail=f"{type(exc).__name__}: {exc}"))
+        return {"format": artifact.key, "passed": False, "checks": results}
+    results.append(check("loads", True))
+    try:
+        results += _run_checks(model, checks, Path(spec_dir))
+    finally:
+        model.release()
+    return {"format": artifact.key, "passed": all(c["passed"] for c in results), "checks": results}
+
+
+def _run_checks(model: LoadedModel, checks: Validate, spec_dir: Path) -> list[dict[str, Any]]:
+    results = []
+    if model.has_chat_template():
+        rendered = model.render([{"role": "user", "content": "ping"}])
+        results.append(check("chat_template", "ping" in rendered, detail=rendered[-80:]))
+    elif any(p.messages for p in checks.prompts):
+        results.append(check("chat_template", False, detail="no chat template, but the spec has chat prompts"))
+
+    for index, probe in enumerate(checks.prompts):
+        prompt = model.render([m.model_dump() for m in probe.messages]) if probe.messages else probe.prompt
+        text, _, _ = model.generate(prompt, probe.max_tokens)
+        failure = expectation_failure(text, probe.expect)
+        results.append(check(f"prompt[{index}]", failure is None, value=text, detail=failure or ""))
+
+    gates = checks.gates
+    if checks.eval:
+        limit = gates.max_perplexity
+        try:
+            ppl = model.perplexity(spec_dir / checks.eval)
+        except (OSError, ValueError) as exc:  # a missing or malformed eval file is a failed check, not a crash
+            results.append(check("perplexity", False, detail=str(exc)))
+        else:
+            results.append(check("perplexity", limit is None or ppl <= limit, round(ppl, 3),
+                                 f"max {limit}" if limit is not None else ""))
+    _, tps, peak_mb = model.generate(model.render(SPEED_PROMPT) if model.has_chat_template() else "1, 2, 3,",
+                                     SPEED_TOKENS)
+    low = gates.min_tokens_per_second
+    results.append(check("tokens_per_second", low is None or tps >= low, round(tps, 2),
+                         f"min {low}" if low is not None else ""))
+    high = gates.max_peak_memory_mb
+    results.append(check("peak_memory_mb", high is None or peak_mb <= high, round(peak_mb, 1),
+                         f"max {high}" if high is not None else ""))
+    return results
+
+
+def expectation_failure(text: str, expect: Expect | None) -> str | None:
+    """Why `text` does not meet `expect`, or None when it does."""
+    if expect is None:
+        return None
+    if expect.contains is not None and expect.contains not in text:
+        return f"expected the answer to contain {expect.contains!r}"
+    if expect.regex is not None and not re.search(expect.regex, text):
+        return f"expected the answer to match /{expect.regex}/"
+    if expect.max_length is not None and len(text) > expect.max_length:
+        return f"expected at most {expect.max_length} characters, got {len(text)}"
+    return None
+
+
+def failures(reports: list[dict[str, Any]]) -> list[str]:
+    return [f"{r['format']}: {c['name']} failed" + (f" ({c['detail']})" if c["detail"] else "")
+            for r in reports for c in r["checks"] if not c["passed"]]
+
+
+def report_markdown(spec_name: str, reports: list[dict[str, Any]]) -> str:
+    """One table: a row per artifact, a column per check (value, or pass/fail)."""
+    names = list(dict.fromkeys(c["name"] for r in reports for c in r["checks"]))
+    lines = [f"# Validation of {spec_name}", "", "| format | " + " | ".join(names) + " | result |",
+             "|---" * (len(names) + 2) + "|"]
+    for report in reports:
+        cells = {c["name"]: _cell(c) for c in report["checks"]}
+        lines.append(f"| {report['format']} | " + " | ".join(cells.get(n, "–") for n in names)
+                     + f" | {'passed' if report['passed'] else '**failed**'} |")
+    problems = failures(reports)
+    if problems:
+        lines += ["", "Failures:", *[f"- {p}" for p in problems]]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(result: dict[str, Any]) -> str:
+    mark = "✅" if result["passed"] else "❌"
+    value = result["value"]
+    if isinstance(value, str):
+        value = value.replace("|", "\\|").replace("\n", " ")[:40]
+    return f"{mark} {value}" if value not in (None, "") else mark
+
+
+@task(task_run_name="report {spec_name}")
+def record_report(spec_name: str, reports: list[dict[str, Any]]) -> str:
+    """Publish the validation table as a Prefect markdown artifact; returns the markdown."""
+    markdown = report_markdown(spec_name, reports)
+    create_markdown_artifact(markdown, key=f"validation-{re.sub('[^a-z0-9-]', '-', spec_name)}",
+                             description=f"validation of {spec_name}")
+    return markdown
