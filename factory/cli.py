@@ -10,6 +10,7 @@
     factory build NAME_OR_PATH ... | --all
     factory deploy                       register prefect.yaml's deployments and one per scheduled spec
     factory worker                       start a Prefect worker on the factory's work pool
+    factory serve [--port 8080 ...]      the OpenAI-compatible server (gunicorn), hot-reloading the registry
     factory up                           Prefect server (unless PREFECT_API_URL is set), build the demo, serve
 
 Commands that run flows import them lazily, so `factory spec` and `factory registry` stay light and this kernel
@@ -24,7 +25,7 @@ import time
 from collections.abc import Sequence
 
 from factory.registry import Registry, RegistryError
-from factory.services import apply_prefect_environment
+from factory.services import ServeOptions, apply_prefect_environment, serve
 from factory.settings import Settings
 from factory.spec import SpecError, discover_specs, json_schema, load_spec
 
@@ -81,7 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(run=run_build)
     subcommands.add_parser("deploy", help="register the Prefect deployments").set_defaults(run=run_deploy)
     subcommands.add_parser("worker", help="start a Prefect worker").set_defaults(run=run_worker)
+    serve = subcommands.add_parser("serve", help="serve the registry over the OpenAI API")
+    add_serve_options(serve)
+    serve.set_defaults(run=run_serve)
     up = subcommands.add_parser("up", help="Prefect server, build the demo spec, serve it")
+    add_serve_options(up)
     up.add_argument("--spec", default="specs/tiny-demo.yaml")
     up.set_defaults(run=run_up)
     return parser
@@ -201,10 +206,28 @@ def run_worker(args: argparse.Namespace) -> int:
     return commands.worker()
 
 
+def add_serve_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--workers", type=int, default=1, help="each worker loads its own copy of the models")
+    parser.add_argument("--registry", help="registry root (default: $FACTORY_ROOT/registry)")
+    parser.add_argument("--memory-mb", type=float, help="budget for loaded models; LRU unloads beyond it")
+    parser.add_argument("--queue-size", type=int, help="waiting requests per model before 429")
+
+
+def serve_options(args: argparse.Namespace) -> ServeOptions:
+    return ServeOptions(host=args.host, port=args.port, workers=args.workers, registry=args.registry,
+                        memory_mb=args.memory_mb, queue_size=args.queue_size)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    return serve(serve_options(args))
+
+
 def run_up(args: argparse.Namespace) -> int:
     from flows import commands
 
-    return commands.up(args.spec)
+    return commands.up(args.spec, serve_options(args))
 
 
 # ---------------------------------------------------------------- output

@@ -101,9 +101,13 @@ class Registry:
         flow_run_id: str | None = None,
         report: dict[str, Any] | None = None,
         lineage: dict[str, Any] | None = None,
+        serve: dict[str, Any] | None = None,
         aliases: Sequence[str] = (),
     ) -> Version:
-        """Publish `artifacts` ({format key: file or directory}) as the next version of `name`."""
+        """Publish `artifacts` ({format key: file or directory}) as the next version of `name`.
+
+        `serve` is the spec's serving section (aliases, context length, generation defaults) for the server.
+        """
         _check_name(name, "model name")
         if not artifacts:
             raise RegistryError("a version needs at least one artifact")
@@ -120,7 +124,7 @@ class Registry:
                 manifest = {
                     "name": name, "version": version, "created": created,
                     "spec_hash": spec_hash, "source_revision": source_revision, "flow_run_id": flow_run_id,
-                    "lineage": lineage or {}, "report": report or {},
+                    "lineage": lineage or {}, "report": report or {}, "serve": serve or {},
                     "artifacts": {key: {"files": entries} for key, entries in files.items()},
                 }
                 manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()

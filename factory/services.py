@@ -79,3 +79,37 @@ def start_prefect_server(settings: Settings, port: int | None = None, timeout: f
         time.sleep(0.3)
     process.kill()
     raise RuntimeError(f"prefect server did not become healthy within {timeout:.0f}s; see {log}")
+
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    registry: Path | None = None
+    memory_mb: float | None = None
+    queue_size: int | None = None
+
+
+def serve(options: ServeOptions) -> int:
+    """Run the OpenAI-compatible server under gunicorn (uvicorn workers) in the foreground until interrupted."""
+    env = {**os.environ, "FACTORY_SERVE_BIND": f"{options.host}:{options.port}",
+           "FACTORY_SERVE_WORKERS": str(options.workers)}
+    if options.registry is not None:
+        env["FACTORY_REGISTRY"] = str(Path(options.registry).absolute())
+    if options.memory_mb is not None:
+        env["FACTORY_SERVE_MEMORY_MB"] = str(options.memory_mb)
+    if options.queue_size is not None:
+        env["FACTORY_SERVE_QUEUE_SIZE"] = str(options.queue_size)
+    command = [sys.executable, "-m", "gunicorn", "-c", "serving/gunicorn_conf.py", "serving.asgi:app"]
+    print(f"serving on http://{options.host}:{options.port}/v1", flush=True)
+    process = subprocess.Popen(command, cwd=PROJECT_DIR, env=env)
+    try:
+        return process.wait()
+    except (KeyboardInterrupt, SystemExit):
+        process.terminate()
+        process.wait()
+        raise

@@ -179,6 +179,12 @@ class Validate(Strict):
     eval: str | None = Field(None, description="JSONL file for perplexity, relative to the spec file")
     gates: Gates = Gates()
 
+    @model_validator(mode="after")
+    def _perplexity_needs_data(self) -> "Validate":
+        if self.gates.max_perplexity is not None and self.eval is None:
+            raise ValueError("gates.max_perplexity needs an eval file (validate.eval)")
+        return self
+
 
 # ---------------------------------------------------------------- fine-tuning
 

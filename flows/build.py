@@ -49,7 +49,8 @@ def build_model(spec: str, specs_dir: str = "specs") -> dict[str, Any]:
     if problems := failures(reports):
         raise BuildFailed(f"{model.name}: validation failed, nothing published:\n" + "\n".join(problems))
 
-    result = publish_version(model.name, artifacts, source, model.content_hash(), reports, str(settings.registry))
+    result = publish_version(model.name, artifacts, source, model.content_hash(), reports, str(settings.registry),
+                             serve=model.serve.model_dump(mode="json"))
     return {"spec": model.name, "formats": [a.key for a in artifacts], "gates": "passed", "version": result.ref,
             "status": "published" if result.published else "up to date"}
 

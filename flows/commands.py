@@ -5,6 +5,7 @@ Long-lived processes (Prefect server, worker, gunicorn) are started as child pro
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from factory.services import PrefectServer, start_prefect_server
+from factory.services import PrefectServer, ServeOptions, serve, start_prefect_server
 from factory.settings import Settings
 from factory.spec import SpecError, discover_specs, find_spec, load_spec
 
@@ -93,22 +94,18 @@ def ensure_prefect_server(settings: Settings) -> PrefectServer | None:
     return server
 
 
-def up(spec: str) -> int:
+def up(spec: str, options: ServeOptions) -> int:
+    """Prefect server (unless one is configured), build and publish `spec`, then serve the registry."""
     settings = Settings.from_env()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the Prefect server we started
     server = ensure_prefect_server(settings)
     try:
         row = build_one_row(spec, "specs")
-        print(f"{row['spec']}: {row['status']} {row['version']}")
+        print(f"{row['spec']}: {row['status']} {row['version']}", flush=True)
         if row["status"] in ("failed", "invalid"):
             print(row["detail"], file=sys.stderr)
             return 1
-        return serve_forever(settings)
+        return serve(options)
     finally:
         if server is not None:
             server.stop()
-
-
-def serve_forever(settings: Settings) -> int:
-    """Serving arrives with the server issue; until then `up` stops after building."""
-    print("built and published; the OpenAI-compatible server is not part of this build yet", file=sys.stderr)
-    return 0

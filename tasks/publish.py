@@ -36,7 +36,7 @@ def latest_matching(registry: Registry, name: str, spec_hash: str, revision: str
 
 @task(task_run_name="publish {name}")
 def publish_version(name: str, artifacts: list[BuiltArtifact], source: SourceSnapshot, spec_hash: str,
-                    reports: list[dict[str, Any]], registry_root: str,
+                    reports: list[dict[str, Any]], registry_root: str, serve: dict[str, Any] | None = None,
                     lineage: dict[str, Any] | None = None) -> PublishResult:
     registry = Registry(Path(registry_root))
     existing = latest_matching(registry, name, spec_hash, source.revision, [a.key for a in artifacts])
@@ -51,6 +51,7 @@ def publish_version(name: str, artifacts: list[BuiltArtifact], source: SourceSna
         flow_run_id=str(runtime.flow_run.id) if runtime.flow_run.id else None,
         report={"formats": reports},
         lineage={"source": source.origin, "source_identity": source.identity, **(lineage or {})},
+        serve=serve,
     )
     get_run_logger().info("published %s", version.ref)
     return PublishResult(ref=version.ref, published=True)

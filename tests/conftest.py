@@ -27,6 +27,7 @@ os.environ.update({
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_API_URL": f"http://127.0.0.1:{PREFECT_PORT}/api",
     "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.3",
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
 })
 
 

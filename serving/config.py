@@ -1,0 +1,41 @@
+"""Server settings, read from the environment so gunicorn workers and `factory serve` agree.
+
+    FACTORY_REGISTRY / FACTORY_ROOT   which registry to serve (see factory.settings)
+    FACTORY_SERVE_MEMORY_MB           byte budget for loaded models (LRU beyond it)        default 8192
+    FACTORY_SERVE_IDLE_TTL_S          unload a model unused this long                        default 900
+    FACTORY_SERVE_QUEUE_SIZE          requests waiting per model beyond the batch; then 429   default 64
+    FACTORY_SERVE_MAX_BATCH           sequences decoded together per model                    default 16
+    FACTORY_SERVE_MAX_BODY_BYTES      larger request bodies get 413                           default 8 MiB
+    FACTORY_SERVE_POLL_S              how often workers look for registry changes            default 0.25
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from factory.settings import Settings
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    registry: Path
+    memory_budget_mb: float = 8192
+    idle_ttl_s: float = 900
+    queue_size: int = 64
+    max_batch: int = 16
+    max_body_bytes: int = 8 << 20
+    poll_interval_s: float = 0.25
+
+    @classmethod
+    def from_env(cls) -> "ServerConfig":
+        env = os.environ
+        return cls(
+            registry=Settings.from_env().registry,
+            memory_budget_mb=float(env.get("FACTORY_SERVE_MEMORY_MB", cls.memory_budget_mb)),
+            idle_ttl_s=float(env.get("FACTORY_SERVE_IDLE_TTL_S", cls.idle_ttl_s)),
+            queue_size=int(env.get("FACTORY_SERVE_QUEUE_SIZE", cls.queue_size)),
+            max_batch=int(env.get("FACTORY_SERVE_MAX_BATCH", cls.max_batch)),
+            max_body_bytes=int(env.get("FACTORY_SERVE_MAX_BODY_BYTES", cls.max_body_bytes)),
+            poll_interval_s=float(env.get("FACTORY_SERVE_POLL_S", cls.poll_interval_s)),
+        )

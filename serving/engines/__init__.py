@@ -1,0 +1,35 @@
+"""Engines: one per runtime, behind the interface in `base.py`. `select_engine` picks one for a registry version."""
+from __future__ import annotations
+
+import platform
+
+from factory.registry import Version
+from serving.engines.base import Engine
+
+# On Linux/x86 the MLX CPU kernels for quantized weights are naive; float weights decode faster there.
+MLX_PREFERENCE_CPU = ["mlx-float32", "mlx-float16", "mlx-bfloat16", "mlx-q8", "mlx-q6", "mlx-q5", "mlx-q4",
+                      "mlx-mxfp4", "mlx-q3", "mlx-q2"]
+MLX_PREFERENCE_APPLE = ["mlx-q4", "mlx-q8", "mlx-mxfp4", "mlx-float16", "mlx-bfloat16", "mlx-float32", "mlx-q6",
+                        "mlx-q5", "mlx-q3", "mlx-q2"]
+
+
+class NoEngine(Exception):
+    """No engine on this host can serve any artifact of a version."""
+
+
+def apple_silicon() -> bool:
+    return platform.system() == "Darwin" and platform.machine() == "arm64"
+
+
+def select_artifact(version: Version, engine: str = "auto") -> tuple[type[Engine], str]:
+    """The engine class and artifact (format key) to serve `version` with on this host."""
+    if engine not in ("auto", "mlx"):
+        raise NoEngine(f"{version.ref}: engine {engine!r} is not available in this server")
+    preference = MLX_PREFERENCE_APPLE if apple_silicon() else MLX_PREFERENCE_CPU
+    for prefix in preference:
+        for key in version.formats:
+            if key == prefix or key.startswith(prefix + "-"):
+                from serving.engines.mlx import MlxEngine
+
+                return MlxEngine, key
+    raise NoEngine(f"{version.ref} has no artifact this server can run (formats: {', '.join(version.formats)})")

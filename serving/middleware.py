@@ -1,0 +1,53 @@
+"""Cross-cutting request handling: request ids and access logs, the body-size limit, startup and shutdown."""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from serving.errors import APIError
+from serving.logs import request_id
+
+log = logging.getLogger("factory.serving.access")
+
+
+class RequestContext:
+    """Give every request an id (the client's X-Request-Id, or a new one) and log one JSON line per request."""
+
+    async def process_request(self, req, resp):
+        req.context.request_id = req.get_header("X-Request-Id") or uuid.uuid4().hex
+        req.context.started = time.perf_counter()
+        request_id.set(req.context.request_id)
+        resp.set_header("X-Request-Id", req.context.request_id)
+
+    async def process_response(self, req, resp, resource, req_succeeded):
+        elapsed_ms = (time.perf_counter() - req.context.get("started", time.perf_counter())) * 1000
+        log.info("%s %s %s", req.method, req.path, resp.status_code, extra={"fields": {
+            "method": req.method, "path": req.path, "status": resp.status_code,
+            "duration_ms": round(elapsed_ms, 1), "model": req.context.get("model")}})
+
+
+class BodyLimit:
+    """413 before reading a body larger than the limit (as declared by Content-Length)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+
+    async def process_request(self, req, resp):
+        if req.content_length is not None and req.content_length > self.max_bytes:
+            raise APIError(413, f"request body of {req.content_length} bytes exceeds the {self.max_bytes}-byte limit",
+                           code="request_too_large")
+
+
+class Lifecycle:
+    """Start the registry watcher when a worker starts; unload every model when it stops."""
+
+    def __init__(self, pool, watcher):
+        self.pool, self.watcher = pool, watcher
+
+    async def process_startup(self, scope, event):
+        await self.watcher.start()
+
+    async def process_shutdown(self, scope, event):
+        await self.watcher.stop()
+        self.pool.close()

@@ -1,0 +1,174 @@
+"""Continuous batching: one thread per loaded model drives its engine; the event loop only moves tokens.
+
+Requests join the running batch between decode steps and leave it when they finish, hit a stop string, or are
+cancelled (a client that disconnects frees its slot at the next step). The queue is bounded: when the batch and
+the waiting line are full, `submit` raises `QueueFull` and the API answers 429.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+from serving.engines.base import Detokenizer, Engine, StepOutput
+from serving.schemas import SamplingParams
+from serving.stops import StopMatcher
+
+log = logging.getLogger("factory.serving")
+
+
+class QueueFull(Exception):
+    pass
+
+
+@dataclass
+class TokenEvent:
+    text: str
+    token: int | None = None
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+
+
+@dataclass
+class DoneEvent:
+    finish_reason: str  # stop | length | error
+    error: str | None = None
+
+
+@dataclass
+class Generation:
+    """One sequence being generated: the event loop reads `events`; the scheduler thread writes them."""
+
+    prompt: list[int]
+    params: SamplingParams
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    completion_tokens: int = 0
+    uid: int | None = None
+    cancelled: bool = False
+    finished: bool = False
+    detokenizer: Detokenizer | None = None
+    stops: StopMatcher | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt)
+
+    def emit(self, event: TokenEvent | DoneEvent) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+    async def __aiter__(self):
+        while True:
+            event = await self.events.get()
+            yield event
+            if isinstance(event, DoneEvent):
+                return
+
+
+class Scheduler:
+    def __init__(self, engine: Engine, max_batch: int, queue_size: int, name: str = "model"):
+        self.engine = engine
+        self.capacity = max_batch + queue_size
+        self.incoming: deque[Generation] = deque()
+        self.cancelled: deque[Generation] = deque()
+        self.active: dict[int, Generation] = {}
+        self.wake = threading.Event()
+        self.stopping = False
+        self.steps = 0  # decode steps taken, and tokens generated: for /metrics
+        self.tokens = 0
+        self.thread = threading.Thread(target=self._run, name=f"engine:{name}", daemon=True)
+        self.thread.start()
+
+    @property
+    def load(self) -> int:
+        return len(self.active) + len(self.incoming)
+
+    def submit(self, prompt: list[int], params: SamplingParams) -> Generation:
+        """Queue a sequence (called on the event loop); raises QueueFull when the model is saturated."""
+        if self.load >= self.capacity:
+            raise QueueFull()
+        generation = Generation(prompt=prompt, params=params, loop=asyncio.get_running_loop(),
+                                detokenizer=self.engine.detokenizer(), stops=StopMatcher(params.stop))
+        self.incoming.append(generation)
+        self.wake.set()
+        return generation
+
+    def cancel(self, generation: Generation) -> None:
+        if not generation.finished:
+            generation.cancelled = True
+            self.cancelled.append(generation)
+            self.wake.set()
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.wake.set()
+        self.thread.join(timeout=30)
+
+    # ------------------------------------------------------------ engine thread
+
+    def _run(self) -> None:
+        while not self.stopping:
+            if not self.active and not self.incoming:
+                self.wake.wait(timeout=1.0)
+                self.wake.clear()
+                continue
+            try:
+                self._admit_and_cancel()
+                if self.active:
+                    self._deliver(self.engine.step())
+                    self.steps += 1
+            except Exception as exc:  # a broken step fails its requests, never the server
+                log.exception("engine step failed")
+                for generation in list(self.active.values()):
+                    self._finish(generation, "error", error=f"{type(exc).__name__}: {exc}")
+                self.active.clear()
+        for generation in [*self.active.values(), *self.incoming]:
+            self._finish(generation, "error", error="the model was unloaded")
+
+    def _admit_and_cancel(self) -> None:
+        while self.cancelled:
+            generation = self.cancelled.popleft()
+            if generation.uid is not None and generation.uid in self.active:
+                self.engine.remove([generation.uid])
+                del self.active[generation.uid]
+            generation.finished = True
+        while self.incoming:
+            generation = self.incoming.popleft()
+            if generation.cancelled:
+                continue
+            generation.uid = self.engine.insert(generation.prompt, generation.params)
+            self.active[generation.uid] = generation
+
+    def _deliver(self, outputs: list[StepOutput]) -> None:
+        for output in outputs:
+            generation = self.active.get(output.uid)
+            if generation is None:
+                continue
+            if output.finish_reason == "stop":  # the end-of-sequence token itself is not text
+                self._finish(generation, "stop")
+                continue
+            generation.completion_tokens += 1
+            self.tokens += 1
+            text, hit_stop = generation.stops.feed(generation.detokenizer.add_token(output.token))
+            if text or output.logprob is not None:
+                generation.emit(TokenEvent(text=text, token=output.token, logprob=output.logprob,
+                                           top_logprobs=output.top_logprobs))
+            if hit_stop:
+                self.engine.remove([output.uid])
+                self._finish(generation, "stop", flush=False)
+            elif output.finish_reason == "length":
+                self._finish(generation, "length")
+
+    def _finish(self, generation: Generation, reason: str, error: str | None = None, flush: bool = True) -> None:
+        if generation.finished:
+            return
+        generation.finished = True
+        self.active.pop(generation.uid, None)
+        if flush and error is None:
+            tail, hit = generation.stops.feed(generation.detokenizer.finalize())
+            tail += "" if hit else generation.stops.flush()
+            if tail:
+                generation.emit(TokenEvent(text=tail))
+        generation.emit(DoneEvent(finish_reason=reason, error=error))

@@ -1,0 +1,112 @@
+"""A real gunicorn server (uvicorn workers) on 127.0.0.1 serving a registry that holds the tiny model."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from factory.registry import Registry
+from factory.services import free_port
+from tests.fixtures.tiny_model import make_tiny_model
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVE = {"aliases": ["default"], "context_length": 2048, "defaults": {"temperature": 0.7, "max_tokens": 64}}
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    registry: Registry
+    log: Path
+
+    @property
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+    @property
+    def async_client(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+    def metric(self, name: str, model: str) -> float:
+        for line in httpx.get(f"{self.url}/metrics").text.splitlines():
+            if line.startswith(f'{name}{{model="{model}"}}'):
+                return float(line.split()[-1])
+        return 0.0
+
+
+def mlx_float16(tmp_path_factory, seed: int) -> Path:
+    """The tiny model converted to an MLX float16 artifact (conversion is the pipeline's job; here it is setup)."""
+    from mlx_lm import convert
+
+    base = tmp_path_factory.mktemp(f"mlx-{seed}")
+    convert(hf_path=str(make_tiny_model(base / "hf", seed=seed)), mlx_path=str(base / "mlx"), dtype="float16")
+    return base / "mlx"
+
+
+@pytest.fixture(scope="session")
+def tiny_mlx(tmp_path_factory) -> Path:
+    return mlx_float16(tmp_path_factory, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_mlx_v2(tmp_path_factory) -> Path:
+    return mlx_float16(tmp_path_factory, seed=1)
+
+
+def start_server(root: Path, artifact: Path, **env: str) -> Server:
+    registry = Registry(root / "registry")
+    registry.publish("tiny", {"mlx-float16": artifact}, serve=SERVE)
+    port = free_port()
+    log = root / "server.log"
+    environment = {**os.environ, "FACTORY_REGISTRY": str(registry.root), "FACTORY_SERVE_BIND": f"127.0.0.1:{port}",
+                   "FACTORY_SERVE_POLL_S": "0.2", **env}
+    process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "serving/gunicorn_conf.py", "serving.asgi:app"],
+                               cwd=ROOT, env=environment, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/ready", timeout=30).status_code == 200:  # /ready loads the default model
+                return Server(url=url, process=process, registry=registry, log=log)
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None:
+            break
+        time.sleep(0.3)
+    stop_server(process)
+    raise RuntimeError("server did not become ready:\n" + log.read_text())
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, tiny_mlx) -> Server:
+    """Shared by tests that do not change the registry."""
+    running = start_server(tmp_path_factory.mktemp("served"), tiny_mlx, FACTORY_SERVE_MAX_BATCH="8",
+                           FACTORY_SERVE_QUEUE_SIZE="4", FACTORY_SERVE_MAX_BODY_BYTES=str(1 << 20))
+    yield running
+    stop_server(running.process)
+
+
+@pytest.fixture
+def fresh_server(tmp_path, tiny_mlx) -> Server:
+    """A server of its own, for tests that publish."""
+    running = start_server(tmp_path, tiny_mlx)
+    yield running
+    stop_server(running.process)

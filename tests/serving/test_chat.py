@@ -1,0 +1,164 @@
+"""Chat and text completions through the official openai SDK against a real gunicorn server."""
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import openai
+import pytest
+
+HI = [{"role": "user", "content": "Tell me about paths."}]
+
+
+def chat(server, **kwargs):
+    return server.client.chat.completions.create(model="tiny", messages=HI, **kwargs)
+
+
+def test_stream_and_non_stream_give_the_same_text_at_temperature_0(server):
+    whole = chat(server, temperature=0, max_tokens=24)
+    chunks = list(chat(server, temperature=0, max_tokens=24, stream=True, stream_options={"include_usage": True}))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert whole.choices[0].message.content == streamed and len(streamed) > 0
+    assert whole.choices[0].finish_reason == "length"
+    assert whole.usage.completion_tokens == 24 and whole.usage.prompt_tokens > 0
+    assert whole.usage.total_tokens == whole.usage.prompt_tokens + 24
+    # the usage chunk comes last, after the chunk that carries finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 24
+    assert [c for c in chunks if c.choices][-1].choices[0].finish_reason == "length"
+    assert all(c.usage is None for c in chunks[:-1])
+    assert whole.system_fingerprint == "tiny@1"
+
+
+def test_a_stop_sequence_cuts_the_text_even_across_tokens(server):
+    full = chat(server, temperature=0, max_tokens=40).choices[0].message.content
+    stop = full[10:16]  # six characters: usually spans a token boundary
+    cut = chat(server, temperature=0, max_tokens=40, stop=[stop])
+    assert cut.choices[0].message.content == full[: full.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    streamed = "".join(c.choices[0].delta.content or "" for c in chat(server, temperature=0, max_tokens=40,
+                                                                       stop=stop, stream=True) if c.choices)
+    assert streamed == full[: full.index(stop)]
+
+
+def test_max_tokens_1_returns_one_token_with_length(server):
+    reply = chat(server, max_tokens=1)
+    assert reply.usage.completion_tokens == 1 and reply.choices[0].finish_reason == "length"
+    assert chat(server, max_completion_tokens=1).usage.completion_tokens == 1
+
+
+def test_seed_makes_sampling_repeatable(server):
+    first = chat(server, temperature=1.0, seed=7, max_tokens=20).choices[0].message.content
+    again = chat(server, temperature=1.0, seed=7, max_tokens=20).choices[0].message.content
+    other = chat(server, temperature=1.0, seed=8, max_tokens=20).choices[0].message.content
+    assert first == again and first != other
+
+
+def test_n_choices_and_logprobs(server):
+    reply = chat(server, n=2, temperature=1.0, seed=3, max_tokens=5, logprobs=True, top_logprobs=3)
+    assert [c.index for c in reply.choices] == [0, 1]
+    assert reply.usage.completion_tokens == 10
+    content = reply.choices[0].logprobs.content
+    assert len(content) == 5
+    assert all(entry.logprob <= 0 and len(entry.top_logprobs) == 3 for entry in content)
+    assert all(entry.top_logprobs[0].logprob >= entry.logprob for entry in content)
+
+
+def test_penalties_and_aliases_are_accepted(server):
+    reply = server.client.chat.completions.create(model="default", messages=HI, max_tokens=5, presence_penalty=1.0,
+                                                  frequency_penalty=0.5)
+    assert reply.system_fingerprint == "tiny@1" and reply.model == "default"
+    assert chat(server, max_tokens=2).model == "tiny"
+    pinned = server.client.chat.completions.create(model="tiny@1", messages=HI, max_tokens=2)
+    assert pinned.system_fingerprint == "tiny@1"
+
+
+def test_text_completions(server):
+    reply = server.client.completions.create(model="tiny", prompt="def main():", max_tokens=8, temperature=0)
+    assert reply.object == "text_completion" and reply.usage.completion_tokens == 8
+    streamed = "".join(c.choices[0].text for c in server.client.completions.create(
+        model="tiny", prompt="def main():", max_tokens=8, temperature=0, stream=True) if c.choices)
+    assert streamed == reply.choices[0].text
+
+
+def test_chat_alias_path(server):
+    body = {"model": "tiny", "messages": HI, "max_tokens": 3}
+    reply = httpx.post(f"{server.url}/chat", json=body, timeout=60).json()
+    assert reply["object"] == "chat.completion" and reply["usage"]["completion_tokens"] == 3
+
+
+# ------------------------------------------------------------------ errors
+
+
+def test_unknown_model_is_not_found(server):
+    with pytest.raises(openai.NotFoundError) as caught:
+        server.client.chat.completions.create(model="nope", messages=HI)
+    assert caught.value.body["code"] == "model_not_found" and caught.value.body["param"] == "model"
+    with pytest.raises(openai.NotFoundError):
+        server.client.models.retrieve("tiny@9")
+
+
+@pytest.mark.parametrize("kwargs, param", [
+    ({"temperature": 5}, "temperature"),
+    ({"top_p": 0}, "top_p"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"n": 50}, "n"),
+    ({"presence_penalty": 3}, "presence_penalty"),
+    ({"max_tokens": 5000}, "max_tokens"),  # beyond the context length
+    ({"top_logprobs": 2}, "top_logprobs"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+])
+def test_out_of_range_parameters_are_bad_requests_naming_the_param(server, kwargs, param):
+    with pytest.raises(openai.BadRequestError) as caught:
+        chat(server, **kwargs)
+    assert caught.value.body["param"] == param and caught.value.body["type"] == "invalid_request_error"
+
+
+def test_empty_messages_are_a_bad_request(server):
+    with pytest.raises(openai.BadRequestError) as caught:
+        server.client.chat.completions.create(model="tiny", messages=[])
+    assert caught.value.body["param"] == "messages"
+    with pytest.raises(openai.BadRequestError) as caught:
+        server.client.chat.completions.create(model="tiny", messages=[{"role": "wizard", "content": "x"}])
+    assert caught.value.body["param"] == "messages[0].role"
+
+
+def test_malformed_json_is_a_bad_request_in_openai_shape(server):
+    response = httpx.post(f"{server.url}/v1/chat/completions", content=b'{"model": "tiny", "messages": [',
+                          headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    assert isinstance(server.client._make_status_error_from_response(response), openai.BadRequestError)
+
+
+def test_a_body_over_the_limit_is_413(server):
+    response = httpx.post(f"{server.url}/v1/chat/completions", content=b" " * (2 << 20),
+                          headers={"content-type": "application/json"})
+    assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+
+
+def test_unknown_route_is_404_in_openai_shape(server):
+    response = httpx.get(f"{server.url}/v1/nothing-here")
+    assert response.status_code == 404 and response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_full_queue_answers_429_with_retry_after(server):
+    """The fixture's server decodes 8 sequences and queues 4 more; a 13th concurrent request is refused."""
+    async def flood():
+        client = server.async_client
+
+        async def one():
+            try:
+                return await client.chat.completions.create(model="tiny", messages=HI, max_tokens=1500, stream=True)
+            except openai.RateLimitError as exc:
+                return exc
+
+        outcomes = await asyncio.gather(*(one() for _ in range(20)))  # every stream stays open until all answered
+        for outcome in outcomes:
+            if not isinstance(outcome, Exception):
+                await outcome.response.aclose()
+        return outcomes
+
+    outcomes = asyncio.run(flood())
+    refused = [o for o in outcomes if isinstance(o, openai.RateLimitError)]
+    assert len(refused) == 8 and len(outcomes) - len(refused) == 12
+    assert all(o.response.headers["retry-after"] == "1" and o.body["type"] == "rate_limit_error" for o in refused)
