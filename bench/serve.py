@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import itertools
+
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 from factory.registry import Registry  # noqa: E402
 from factory.services import free_port  # noqa: E402
 
-PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper and the sea."}]
+COUNTER = itertools.count()
+PROMPT = "Story {}: write a long story about a lighthouse keeper and the sea."
 
 
 def main() -> None:
@@ -48,8 +51,12 @@ def main() -> None:
         process, url, model_id = start(work, model)
         try:
             wait_ready(url, process)
+            print(f"{name}: warming up", file=sys.stderr, flush=True)
             asyncio.run(run_level(url, model_id, 1, 8))  # warm-up: first-request costs are not steady state
-            results[name] = {n: asyncio.run(run_level(url, model_id, n, args.max_tokens)) for n in args.concurrency}
+            results[name] = {}
+            for n in args.concurrency:
+                print(f"{name}: {n} concurrent streams", file=sys.stderr, flush=True)
+                results[name][n] = asyncio.run(run_level(url, model_id, n, args.max_tokens))
         finally:
             process.terminate()
             process.wait(timeout=30)
@@ -100,7 +107,10 @@ def wait_ready(url: str, process: subprocess.Popen) -> None:
 
 
 async def one_stream(client: httpx.AsyncClient, url: str, model: str, max_tokens: int) -> dict:
-    body = {"model": model, "messages": PROMPT, "max_tokens": max_tokens,
+    # A distinct opening per request: mlx_lm.server caches prompt prefixes, and an identical prompt every time would
+    # measure that cache instead of prompt processing (see the note in README's benchmark section).
+    body = {"model": model, "messages": [{"role": "user", "content": PROMPT.format(next(COUNTER))}],
+            "max_tokens": max_tokens,
             "temperature": 0, "stream": True}
     started = time.perf_counter()
     arrivals = []
