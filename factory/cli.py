@@ -8,6 +8,7 @@
     factory registry rollback NAME [--alias A]
     factory registry verify [REF ...]    re-hash files against manifests (default: every version)
     factory build NAME_OR_PATH ... | --all
+    factory finetune NAME [--train F ...] fine-tune as a spec's fine_tune: says, or any registry model with --train
     factory deploy                       register prefect.yaml's deployments and one per scheduled spec
     factory worker                       start a Prefect worker on the factory's work pool
     factory serve [--port 8080 ...]      the OpenAI-compatible server (gunicorn), hot-reloading the registry
@@ -80,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--all", action="store_true", help="every spec in --specs-dir that changed")
     build.add_argument("--specs-dir", default="specs")
     build.set_defaults(run=run_build)
+    tune = subcommands.add_parser("finetune", help="fine-tune a model (a spec's fine_tune:, or --train FILE)")
+    tune.add_argument("name", metavar="SPEC_OR_MODEL")
+    tune.add_argument("--train", help="JSONL training file (then NAME is any registry model ref)")
+    tune.add_argument("--valid", help="JSONL validation file (default: hold out 10 %% of --train)")
+    tune.add_argument("--method", choices=["lora", "dora", "qlora", "full"])
+    tune.add_argument("--iters", type=int)
+    tune.add_argument("--learning-rate", type=float)
+    tune.add_argument("--suffix")
+    tune.add_argument("--specs-dir", default="specs")
+    tune.set_defaults(run=run_finetune)
     subcommands.add_parser("deploy", help="register the Prefect deployments").set_defaults(run=run_deploy)
     subcommands.add_parser("worker", help="start a Prefect worker").set_defaults(run=run_worker)
     serve = subcommands.add_parser("serve", help="serve the registry over the OpenAI API")
@@ -192,6 +203,14 @@ def run_build(args: argparse.Namespace) -> int:
         if row.get("detail"):
             print(f"\n{row['spec']}: {row['detail']}", file=sys.stderr)
     return 1 if any(r["status"] in ("failed", "invalid") for r in rows) else 0
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from flows import commands
+
+    hyperparameters = {key: value for key, value in (("method", args.method), ("iters", args.iters),
+                                                     ("learning_rate", args.learning_rate)) if value is not None}
+    return commands.finetune(args.name, args.specs_dir, args.train, args.valid, hyperparameters, args.suffix)
 
 
 def run_deploy(args: argparse.Namespace) -> int:

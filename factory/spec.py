@@ -122,6 +122,18 @@ class FormatEntry(Strict):
         """The artifact's directory name in a registry version, e.g. `mlx-q4-g64`."""
         return self.options.key
 
+    @classmethod
+    def from_mlx_key(cls, key: str) -> "FormatEntry":
+        """The MLX format a key names (`mlx-float16`, `mlx-q4-g64`, `mlx-mxfp4`): the inverse of `key`."""
+        parts = key.split("-")
+        if parts[:1] != ["mlx"] or len(parts) < 2:
+            raise ValueError(f"{key!r} is not an MLX format key")
+        if parts[1] == "mxfp4":
+            return cls(mlx=MlxFormat(quantize=Quantize(bits=4, group_size=32, mode="mxfp4")))
+        if parts[1].startswith("q") and len(parts) == 3:
+            return cls(mlx=MlxFormat(quantize=Quantize(bits=int(parts[1][1:]), group_size=int(parts[2][1:]))))
+        return cls(mlx=MlxFormat(dtype=parts[1]))
+
 
 # ---------------------------------------------------------------- validation
 
@@ -195,7 +207,7 @@ class TrainingData(Strict):
 
 
 class FineTuneGate(Strict):
-    min_valid_loss_drop: Annotated[float, Field(ge=0)] = 0.0
+    min_valid_loss_drop: Annotated[float, Field(ge=0, lt=1, description="relative: 0.1 = 10 % lower")] = 0.0
 
 
 class FineTune(Strict):

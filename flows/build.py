@@ -17,6 +17,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from factory.registry import Registry
 from factory.settings import Settings
 from factory.spec import LoadedSpec, SpecError, find_spec, load_spec
+from flows.finetune import finetune_model
 from flows.setup import ensure_heavy_limit
 from tasks.caching import refreshed_if_missing
 from tasks.convert import BuiltArtifact, artifact_dir, convert_format
@@ -51,8 +52,26 @@ def build_model(spec: str, specs_dir: str = "specs") -> dict[str, Any]:
 
     result = publish_version(model.name, artifacts, source, model.content_hash(), reports, str(settings.registry),
                              serve=model.serve.model_dump(mode="json"))
-    return {"spec": model.name, "formats": [a.key for a in artifacts], "gates": "passed", "version": result.ref,
-            "status": "published" if result.published else "up to date"}
+    row = {"spec": model.name, "formats": [a.key for a in artifacts], "gates": "passed", "version": result.ref,
+           "status": "published" if result.published else "up to date"}
+    if model.fine_tune is not None:  # the base passed validation: refresh its fine-tuned model too
+        row["fine_tuned"] = finetune_model(**spec_finetune_parameters(loaded, result.ref))["version"]
+    return row
+
+
+def spec_finetune_parameters(loaded: LoadedSpec, base_ref: str) -> dict[str, Any]:
+    """finetune_model's parameters for a spec's `fine_tune:` section."""
+    tune = loaded.spec.fine_tune
+    hyperparameters = {"method": tune.method, "iters": tune.iters, "epochs": tune.epochs,
+                       "batch_size": tune.batch_size, "learning_rate": tune.learning_rate, "rank": tune.rank,
+                       "layers": tune.layers}
+    return {
+        "base": base_ref, "training_file": str(loaded.resolve(tune.data.train)),
+        "validation_file": str(loaded.resolve(tune.data.valid)) if tune.data.valid else None,
+        "hyperparameters": {k: v for k, v in hyperparameters.items() if v is not None},
+        "target": tune.target or f"{loaded.spec.name}-ft", "probes": [p.model_dump(mode="json") for p in tune.probes],
+        "min_valid_loss_drop": tune.gate.min_valid_loss_drop,
+    }
 
 
 @flow(name="build-all")

@@ -46,6 +46,31 @@ def build_all_rows(specs_dir: str) -> list[dict[str, Any]]:
     return state.result()
 
 
+def finetune(spec_or_model: str, specs_dir: str, train: str | None, valid: str | None,
+             hyperparameters: dict[str, Any], suffix: str | None) -> int:
+    """Fine-tune a spec's published model as its `fine_tune:` says, or any registry model given --train."""
+    from flows.build import spec_finetune_parameters
+    from flows.finetune import finetune_model
+
+    if train is None:
+        loaded = load_spec(find_spec(spec_or_model, specs_dir))
+        if loaded.spec.fine_tune is None:
+            print(f"{loaded.path} has no fine_tune: section; give --train FILE to fine-tune anyway", file=sys.stderr)
+            return 2
+        state = finetune_model(**spec_finetune_parameters(loaded, loaded.spec.name), return_state=True)
+    else:
+        state = finetune_model(base=spec_or_model, training_file=str(Path(train).absolute()),
+                               validation_file=str(Path(valid).absolute()) if valid else None,
+                               hyperparameters=hyperparameters, suffix=suffix, return_state=True)
+    if state.is_failed():
+        print(state.result(raise_on_failure=False), file=sys.stderr)
+        return 1
+    result = state.result()
+    print(f"{result['version']}: validation loss {result['valid_loss_before']:.4f} -> {result['valid_loss_after']:.4f}, "
+          f"exact match {result['exact_match_before']} -> {result['exact_match_after']}")
+    return 0
+
+
 def deployments_file(settings: Settings) -> Path:
     """prefect.yaml plus one scheduled `build-model/<name>` deployment per spec that declares `schedule:`."""
     config = yaml.safe_load((PROJECT_DIR / "prefect.yaml").read_text())
@@ -95,17 +120,27 @@ def ensure_prefect_server(settings: Settings) -> PrefectServer | None:
 
 
 def up(spec: str, options: ServeOptions) -> int:
-    """Prefect server (unless one is configured), build and publish `spec`, then serve the registry."""
+    """Prefect server (unless one is configured), build and publish `spec`, register the deployments and start a
+    worker (so the server's fine-tuning API has something to run on), then serve the registry."""
     settings = Settings.from_env()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the Prefect server we started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops what we started
     server = ensure_prefect_server(settings)
+    worker_process = None
     try:
         row = build_one_row(spec, "specs")
         print(f"{row['spec']}: {row['status']} {row['version']}", flush=True)
         if row["status"] in ("failed", "invalid"):
             print(row["detail"], file=sys.stderr)
             return 1
+        if deploy() != 0:
+            return 1
+        worker_process = subprocess.Popen([sys.executable, "-m", "factory.cli", "worker"], cwd=PROJECT_DIR,
+                                          stdout=open(settings.prefect_home / "worker.log", "ab"),
+                                          stderr=subprocess.STDOUT)
         return serve(options)
     finally:
+        if worker_process is not None:
+            worker_process.terminate()
+            worker_process.wait(timeout=30)
         if server is not None:
             server.stop()

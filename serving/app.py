@@ -5,6 +5,7 @@ import falcon
 import falcon.asgi
 import orjson
 
+from factory.files import FileStore
 from factory.registry import Registry
 from serving.config import ServerConfig
 from serving.errors import handle_unexpected, serialize_error
@@ -12,6 +13,8 @@ from serving.middleware import BodyLimit, Lifecycle, RequestContext
 from serving.pool import ModelPool
 from serving.resources.chat import ChatCompletions
 from serving.resources.completions import Completions
+from serving.resources.files import Files
+from serving.resources.fine_tuning import FineTuningJobs
 from serving.resources.health import Health, Ready
 from serving.resources.metrics import Metrics
 from serving.resources.models import Models
@@ -23,7 +26,7 @@ def create_app(config: ServerConfig | None = None) -> falcon.asgi.App:
     pool = ModelPool(Registry(config.registry), config)
     watcher = RegistryWatcher(pool, config.poll_interval_s)
     app = falcon.asgi.App(
-        middleware=[RequestContext(), BodyLimit(config.max_body_bytes), Lifecycle(pool, watcher)],
+        middleware=[RequestContext(), BodyLimit(config.max_body_bytes, config.max_upload_bytes), Lifecycle(pool, watcher)],
         cors_enable=True,
     )
     json = falcon.media.JSONHandler(dumps=lambda o: orjson.dumps(o).decode(), loads=orjson.loads)
@@ -40,6 +43,17 @@ def create_app(config: ServerConfig | None = None) -> falcon.asgi.App:
     app.add_route("/health", Health())
     app.add_route("/ready", Ready(pool))
     app.add_route("/metrics", Metrics(pool))
+
+    files = FileStore(config.files)
+    file_routes = Files(files)
+    app.add_route("/v1/files", file_routes)
+    app.add_route("/v1/files/{file_id}", file_routes, suffix="one")
+    jobs = FineTuningJobs(pool, files)
+    app.add_route("/v1/fine_tuning/jobs", jobs)
+    app.add_route("/fine-tune", jobs)  # the path the product's first plan named
+    app.add_route("/v1/fine_tuning/jobs/{job_id}", jobs, suffix="one")
+    app.add_route("/v1/fine_tuning/jobs/{job_id}/events", jobs, suffix="events")
+    app.add_route("/v1/fine_tuning/jobs/{job_id}/cancel", jobs, suffix="cancel")
 
     app.add_error_handler(Exception, handle_unexpected)
     app.set_error_serializer(serialize_error)

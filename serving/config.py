@@ -6,6 +6,7 @@
     FACTORY_SERVE_QUEUE_SIZE          requests waiting per model beyond the batch; then 429   default 64
     FACTORY_SERVE_MAX_BATCH           sequences decoded together per model                    default 16
     FACTORY_SERVE_MAX_BODY_BYTES      larger request bodies get 413                           default 8 MiB
+    FACTORY_SERVE_MAX_UPLOAD_BYTES    the same for /v1/files uploads                          default 512 MiB
     FACTORY_SERVE_POLL_S              how often workers look for registry changes            default 0.25
 """
 from __future__ import annotations
@@ -25,6 +26,8 @@ class ServerConfig:
     queue_size: int = 64
     max_batch: int = 16
     max_body_bytes: int = 8 << 20
+    max_upload_bytes: int = 512 << 20
+    files: Path = Path(".factory/files")
     poll_interval_s: float = 0.25
 
     @classmethod
@@ -32,10 +35,12 @@ class ServerConfig:
         env = os.environ
         return cls(
             registry=Settings.from_env().registry,
+            files=Settings.from_env().root / "files",
             memory_budget_mb=float(env.get("FACTORY_SERVE_MEMORY_MB", cls.memory_budget_mb)),
             idle_ttl_s=float(env.get("FACTORY_SERVE_IDLE_TTL_S", cls.idle_ttl_s)),
             queue_size=int(env.get("FACTORY_SERVE_QUEUE_SIZE", cls.queue_size)),
             max_batch=int(env.get("FACTORY_SERVE_MAX_BATCH", cls.max_batch)),
             max_body_bytes=int(env.get("FACTORY_SERVE_MAX_BODY_BYTES", cls.max_body_bytes)),
+            max_upload_bytes=int(env.get("FACTORY_SERVE_MAX_UPLOAD_BYTES", cls.max_upload_bytes)),
             poll_interval_s=float(env.get("FACTORY_SERVE_POLL_S", cls.poll_interval_s)),
         )

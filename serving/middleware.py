@@ -28,14 +28,15 @@ class RequestContext:
 
 
 class BodyLimit:
-    """413 before reading a body larger than the limit (as declared by Content-Length)."""
+    """413 before reading a body larger than the limit (as declared by Content-Length); uploads get their own."""
 
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
+    def __init__(self, max_bytes: int, max_upload_bytes: int):
+        self.max_bytes, self.max_upload_bytes = max_bytes, max_upload_bytes
 
     async def process_request(self, req, resp):
-        if req.content_length is not None and req.content_length > self.max_bytes:
-            raise APIError(413, f"request body of {req.content_length} bytes exceeds the {self.max_bytes}-byte limit",
+        limit = self.max_upload_bytes if req.path == "/v1/files" else self.max_bytes
+        if req.content_length is not None and req.content_length > limit:
+            raise APIError(413, f"request body of {req.content_length} bytes exceeds the {limit}-byte limit",
                            code="request_too_large")
 
 

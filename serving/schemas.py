@@ -140,3 +140,44 @@ class SamplingParams:
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[int, float] | None = None
+
+
+class Hyperparameters(Lenient):
+    """OpenAI's fine-tuning hyperparameters ("auto" allowed), plus this server's own: method, iters, rank..."""
+
+    n_epochs: Annotated[int, Field(ge=1, le=100)] | Literal["auto"] | None = None
+    batch_size: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] | None = None
+    learning_rate_multiplier: Annotated[float, Field(gt=0, le=100)] | Literal["auto"] | None = None
+    method: Literal["lora", "dora", "qlora", "full"] | None = None
+    iters: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    learning_rate: Annotated[float, Field(gt=0, le=1)] | None = None
+    rank: Annotated[int, Field(ge=1, le=1024)] | None = None
+    layers: Annotated[int, Field(ge=1)] | None = None
+
+
+class FineTuningJobRequest(Lenient):
+    model: Annotated[str, Field(min_length=1)]
+    training_file: Annotated[str, Field(min_length=1)]
+    validation_file: str | None = None
+    hyperparameters: Hyperparameters | None = None
+    method: dict[str, Any] | None = None  # OpenAI's newer {"type": "supervised", "supervised": {"hyperparameters"}}
+    suffix: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,39}$")] | None = None
+    seed: int | None = None
+    probes: list[dict[str, Any]] | None = None  # [{"messages": [...], "expect": {...}}]: exact-match before/after
+    min_valid_loss_drop: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+    @model_validator(mode="after")
+    def _checks(self) -> "FineTuningJobRequest":
+        from factory.spec import Probe
+
+        if self.method and self.method.get("type") not in (None, "supervised"):
+            raise ValueError("method: only supervised fine-tuning is supported")
+        for probe in self.probes or []:
+            Probe.model_validate(probe)
+        return self
+
+    def resolved_hyperparameters(self) -> dict[str, Any]:
+        nested = ((self.method or {}).get("supervised") or {}).get("hyperparameters") or {}
+        merged = {**Hyperparameters.model_validate(nested).model_dump(exclude_none=True),
+                  **(self.hyperparameters.model_dump(exclude_none=True) if self.hyperparameters else {})}
+        return merged
