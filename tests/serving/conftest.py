@@ -67,7 +67,8 @@ def start_server(root: Path, artifact: Path, **env: str) -> Server:
     registry.publish("tiny", {"mlx-float16": artifact}, serve=SERVE)
     port = free_port()
     log = root / "server.log"
-    environment = {**os.environ, "FACTORY_REGISTRY": str(registry.root), "FACTORY_SERVE_BIND": f"127.0.0.1:{port}",
+    environment = {**os.environ, "FACTORY_ROOT": str(root), "FACTORY_REGISTRY": str(registry.root),
+                   "FACTORY_SERVE_BIND": f"127.0.0.1:{port}",
                    "FACTORY_SERVE_POLL_S": "0.2", **env}
     process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "serving/gunicorn_conf.py", "serving.asgi:app"],
                                cwd=ROOT, env=environment, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
