@@ -20,7 +20,7 @@ from factory.spec import LoadedSpec, SpecError, find_spec, load_spec
 from flows.finetune import finetune_model
 from flows.setup import ensure_heavy_limit
 from tasks.caching import refreshed_if_missing
-from tasks.convert import BuiltArtifact, artifact_dir, convert_format
+from tasks.convert import artifact_dir, convert_format, wait_for_conversions
 from tasks.download import download_source, source_revision
 from tasks.normalize import normalise_checkpoint
 from tasks.publish import latest_matching, publish_version
@@ -28,7 +28,7 @@ from tasks.validate import failures, record_report, validate_artifact
 
 
 class BuildFailed(Exception):
-    """A build that must not publish: a format failed to convert or a validation gate failed."""
+    """A build that must not publish: a validation check or gate failed."""
 
 
 @flow(name="build-model", flow_run_name="build {spec}", task_runner=ThreadPoolTaskRunner(max_workers=4))
@@ -43,7 +43,7 @@ def build_model(spec: str, specs_dir: str = "specs") -> dict[str, Any]:
     source = normalise_checkpoint(source, runs)
     conversions = [refreshed_if_missing(convert_format, artifact_dir(source, entry, runs)).submit(source, entry, runs)
                    for entry in model.formats]
-    artifacts = _results_or_fail(conversions)
+    artifacts = wait_for_conversions(conversions)
 
     reports = [validate_artifact(artifact, model.validate_, spec_dir) for artifact in artifacts]
     record_report(model.name, reports)
@@ -108,13 +108,3 @@ def _build_if_changed(path: Path, registry: Registry, specs_dir: str) -> dict[st
 def _current_version(loaded: LoadedSpec, registry: Registry):
     revision = source_revision(loaded.spec.source, str(loaded.path.parent))
     return latest_matching(registry, loaded.spec.name, loaded.spec.content_hash(), revision)
-
-
-def _results_or_fail(futures) -> list[BuiltArtifact]:
-    """Wait for every conversion; if any failed, fail the build with each failing format's reason."""
-    for future in futures:
-        future.wait()
-    errors = [str(f.state.result(raise_on_failure=False)) for f in futures if f.state.is_failed()]
-    if errors:
-        raise BuildFailed("conversion failed, nothing published:\n" + "\n".join(errors))
-    return [future.result() for future in futures]

@@ -19,7 +19,7 @@ from factory.settings import Settings
 from factory.spec import FormatEntry, Validate
 from flows.setup import ensure_heavy_limit
 from tasks.caching import content_key, refreshed_if_missing
-from tasks.convert import BuiltArtifact, artifact_dir, convert_format
+from tasks.convert import BuiltArtifact, artifact_dir, convert_format, wait_for_conversions
 from tasks.download import snapshot_local
 from tasks.finetune import TrainingSettings, prepare_training_data, train_and_fuse
 from tasks.loss_curve import record_training_report
@@ -58,7 +58,7 @@ def finetune_model(base: str, training_file: str, validation_file: str | None = 
     formats = [FormatEntry.from_mlx_key(key) for key in base_version.formats if key.startswith("mlx-")]
     conversions = [refreshed_if_missing(convert_format, artifact_dir(fused, entry, runs)).submit(fused, entry, runs)
                    for entry in formats]
-    artifacts = [future.result() for future in conversions]
+    artifacts = wait_for_conversions(conversions)
     checks = Validate(prompts=probes or [])
     reports = [validate_artifact(artifact, checks, ".") for artifact in artifacts]
     record_report(name, reports)

@@ -29,6 +29,10 @@ class UnsupportedFormat(Exception):
     """The spec declares a format this factory cannot produce yet."""
 
 
+class ConversionFailed(Exception):
+    """One or more formats failed to convert; nothing may be published."""
+
+
 @dataclass(frozen=True)
 class BuiltArtifact:
     key: str  # format key, e.g. mlx-q4-g64: the artifact's directory name in the registry
@@ -84,3 +88,13 @@ def convert_mlx(source: Path, options: MlxFormat, out: Path) -> None:
         q_mode=quantize.mode if quantize else "affine",
         dtype=options.dtype or ("float16" if quantize is None else None),
     )
+
+
+def wait_for_conversions(futures) -> list[BuiltArtifact]:
+    """Wait for every submitted conversion; if any failed, raise with each failing format's reason."""
+    for future in futures:
+        future.wait()
+    errors = [str(f.state.result(raise_on_failure=False)) for f in futures if f.state.is_failed()]
+    if errors:
+        raise ConversionFailed("conversion failed, nothing published:\n" + "\n".join(errors))
+    return [future.result() for future in futures]
