@@ -1,4 +1,5 @@
-"""Convert step: one declared format of a source model into a directory, through mlx-lm's own conversion API.
+"""Convert step: one declared format of a source model into a directory: MLX through mlx-lm's own conversion API,
+GGUF through `tasks/gguf_export.py`.
 
 Outputs are content-addressed (`runs/convert/<digest>-<format key>/`): the digest covers the source's identity, the
 format's options and the converter's version, so an unchanged rebuild finds the output instead of converting.
@@ -20,9 +21,11 @@ from prefect.logging import get_run_logger
 from factory.spec import FormatEntry, MlxFormat
 from tasks.caching import content_key
 from tasks.download import SourceSnapshot
+from tasks.gguf_export import QTYPES as GGUF_TYPES
+from tasks.gguf_export import export_gguf
 
 HEAVY = "factory-heavy"
-CONVERTER_VERSION = 1  # bump when this module's output changes for the same inputs
+CONVERTER_VERSION = 2  # bump when this module's output changes for the same inputs
 
 
 class UnsupportedFormat(Exception):
@@ -39,6 +42,7 @@ class BuiltArtifact:
     family: str  # mlx, gguf, coreml
     path: str
     identity: str  # digest of (source identity, format options, converter version)
+    source: str = ""  # the model directory it was converted from (validation compares against it)
 
 
 def artifact_identity(source: SourceSnapshot, entry: FormatEntry) -> str:
@@ -57,16 +61,20 @@ def _convert_key(context, parameters) -> str:
 def convert_format(source: SourceSnapshot, entry: FormatEntry, runs_dir: str) -> BuiltArtifact:
     out = artifact_dir(source, entry, runs_dir)
     artifact = BuiltArtifact(key=entry.key, family=entry.family, path=str(out),
-                             identity=artifact_identity(source, entry))
+                             identity=artifact_identity(source, entry), source=source.path)
     if out.exists():
         return artifact
-    if entry.mlx is None:
-        raise UnsupportedFormat(f"{entry.key}: {entry.family} export is not implemented yet; remove it from the "
-                                f"spec's formats or build only MLX formats")
+    if entry.coreml is not None or (entry.gguf is not None and entry.gguf.type not in GGUF_TYPES):
+        raise UnsupportedFormat(f"{entry.key}: this export is not implemented yet (available: MLX formats and GGUF "
+                                f"{', '.join(GGUF_TYPES)}); remove it from the spec's formats")
     staging = out.with_name(f"{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     with concurrency(HEAVY, occupy=1):
         try:
-            convert_mlx(Path(source.path), entry.mlx, staging)
+            if entry.mlx is not None:
+                convert_mlx(Path(source.path), entry.mlx, staging)
+            else:
+                staging.mkdir(parents=True)
+                export_gguf(Path(source.path), staging / f"model-{entry.gguf.type}.gguf", entry.gguf.type)
             os.rename(staging, out)  # whole outputs only: a killed conversion never looks finished
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -20,8 +20,8 @@ from prefect.logging import get_run_logger
 from factory.storage import sha256_file, write_durably
 from factory.training_data import TrainingData, parse_training_jsonl, split_train_valid
 from tasks.caching import content_key
+from tasks.checks import expectation_failure
 from tasks.convert import HEAVY
-from tasks.validate import expectation_failure
 
 METHODS = ("lora", "dora", "qlora", "full")
 

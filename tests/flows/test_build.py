@@ -121,7 +121,7 @@ def test_an_unsupported_format_fails_with_its_reason(tmp_path, factory_root, loc
     spec = hub_spec(tmp_path, formats=[{"mlx": {"dtype": "float16"}}, {"coreml": {"precision": "float16"}}])
     state = build_model(spec=str(spec), return_state=True)
     assert state.is_failed()
-    assert "coreml-float16: coreml export is not implemented yet" in str(state.result(raise_on_failure=False))
+    assert "coreml-float16: this export is not implemented yet" in str(state.result(raise_on_failure=False))
     assert registry().list() == []
 
 
@@ -171,3 +171,18 @@ def test_cli_build_prints_a_summary_table(tmp_path, factory_root, tiny_model):
     assert table[1].split() == ["gamma", "mlx-float16", "passed", "gamma@1", "published"]
     assert table[2].split() == ["broken", "failed", "failed"]
     assert "does not exist" in result.stderr
+
+
+def test_gguf_formats_are_exported_validated_and_published(tmp_path, factory_root, tiny_model):
+    spec = write_spec(tmp_path / "specs", {
+        "name": "both", "source": {"local": str(tiny_model)},
+        "formats": [{"mlx": {"dtype": "float16"}}, {"gguf": {"type": "q8_0"}}, {"gguf": {"type": "q4_0"}}],
+        "validate": {"prompts": [{"prompt": "def ", "max_tokens": 4, "expect": {"max_length": 200}}]}})
+    assert build_model(spec=str(spec))["status"] == "published"
+    version = registry().resolve("both")
+    assert version.formats == ["gguf-q4_0", "gguf-q8_0", "mlx-float16"]
+    assert [p.name for p in version.artifact("gguf-q4_0").iterdir()] == ["model-q4_0.gguf"]
+    reports = {r["format"]: {c["name"]: c for c in r["checks"]} for r in version.manifest()["report"]["formats"]}
+    assert reports["gguf-q8_0"]["argmax_agreement"]["value"] >= 0.9
+    assert reports["gguf-q4_0"]["prompt[0]"]["passed"]
+    assert "not measured" in reports["gguf-q4_0"]["tokens_per_second"]["detail"]

@@ -5,7 +5,8 @@ import pytest
 
 from factory.spec import Expect, Validate
 from tasks.convert import BuiltArtifact
-from tasks.validate import expectation_failure, failures, report_markdown, validate_artifact
+from tasks.checks import expectation_failure
+from tasks.validate import failures, report_markdown, validate_artifact
 
 
 @pytest.mark.parametrize("expect, text, failure", [

@@ -1,0 +1,111 @@
+"""GGUF validation: read the file back with `gguf.GGUFReader`, check its structure against the source config, then
+put its (dequantized) tensors into the source's mlx-lm model and compare logits with the source weights on fixed
+prompts: argmax agreement and relative error, with thresholds per quantization type.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks.checks import check
+from tasks.gguf_export import gguf_names, load_hf_tensors, unpermute_from_gguf
+from tasks.mlx_runtime import LoadedModel
+
+# (minimum argmax agreement, maximum error relative to the largest source logit)
+THRESHOLDS = {"F16": (0.98, 0.01), "Q8_0": (0.90, 0.05), "Q4_0": (0.60, 0.35)}
+PROBE_TEXTS = ["def main():\n    return 42\n", "The lighthouse keeper looked at the sea and said"]
+
+
+def gguf_file(artifact_dir: Path) -> Path:
+    files = sorted(artifact_dir.glob("*.gguf"))
+    if len(files) != 1:
+        raise FileNotFoundError(f"{artifact_dir} should hold exactly one .gguf file, found {len(files)}")
+    return files[0]
+
+
+def structure_checks(path: Path, source: Path) -> tuple[list[dict[str, Any]], Any]:
+    import gguf
+
+    config = json.loads((source / "config.json").read_text())
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as exc:  # a truncated or corrupted file
+        return [check("reads", False, detail=f"{type(exc).__name__}: {exc}")], None
+    results = [check("reads", True, value=f"{len(reader.tensors)} tensors")]
+    arch = reader.fields["general.architecture"].contents()
+    results.append(check("architecture", arch == config["model_type"], arch, f"source is {config['model_type']}"))
+    tokens = len(reader.fields["tokenizer.ggml.tokens"].contents())
+    embedding = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+    rows = int(embedding.shape[-1]) if embedding is not None else None
+    results.append(check("vocabulary", tokens == config["vocab_size"] == rows, tokens,
+                         f"config vocab_size {config['vocab_size']}, token_embd rows {rows}"))
+    hf = load_hf_tensors(source)
+    if config.get("tie_word_embeddings"):
+        hf.pop("lm_head.weight", None)
+    expected = {gguf_name: tuple(reversed(hf[hf_name].shape)) for hf_name, gguf_name in
+                gguf_names(config, list(hf)).items()}
+    found = {t.name: tuple(int(d) for d in t.shape) for t in reader.tensors}
+    wrong = sorted(n for n in expected if found.get(n) != expected[n]) + sorted(set(found) - set(expected))
+    results.append(check("tensor_shapes", not wrong, len(found), f"mismatched: {', '.join(wrong[:5])}" if wrong else ""))
+    return results, reader
+
+
+def numeric_checks(reader, source: Path) -> tuple[list[dict[str, Any]], LoadedModel]:
+    """Logits of the source weights vs the GGUF's weights in the same mlx-lm model (returned, for more checks)."""
+    import gguf
+    import mlx.core as mx
+    from mlx_lm import load
+
+    config = json.loads((source / "config.json").read_text())
+    model, tokenizer = load(str(source))
+    model.set_dtype(mx.float32)
+    prompts = [mx.array(tokenizer.encode(text))[None] for text in PROBE_TEXTS]
+    reference = [model(p).astype(mx.float32) for p in prompts]
+
+    to_hf = {gguf_name: hf_name for hf_name, gguf_name in gguf_names(config, [
+        k for k in load_hf_tensors(source) if not (config.get("tie_word_embeddings") and k == "lm_head.weight")
+    ]).items()}
+    heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads", config["num_attention_heads"])
+    weights = []
+    for tensor in reader.tensors:
+        data = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
+        data = data.reshape(tuple(int(d) for d in reversed(tensor.shape)))
+        hf_name = to_hf[tensor.name]
+        if config["model_type"] == "llama" and hf_name.endswith("q_proj.weight"):
+            data = unpermute_from_gguf(data, heads)
+        elif config["model_type"] == "llama" and hf_name.endswith("k_proj.weight"):
+            data = unpermute_from_gguf(data, kv_heads)
+        weights.append((hf_name, mx.array(data)))
+    model.load_weights(weights, strict=False)
+    candidate = [model(p).astype(mx.float32) for p in prompts]
+
+    agree = np.mean(np.concatenate([np.array(mx.argmax(a, -1) == mx.argmax(b, -1)).ravel()
+                                    for a, b in zip(reference, candidate)]))
+    scale = max(float(mx.abs(r).max()) for r in reference)
+    error = max(float(mx.abs(a - b).max()) for a, b in zip(reference, candidate)) / scale
+    qtype = _dominant_type(reader)
+    min_agree, max_error = THRESHOLDS.get(qtype, (0.5, 0.5))
+    return [check("argmax_agreement", agree >= min_agree, round(float(agree), 4), f"{qtype}: min {min_agree}"),
+            check("logit_error", error <= max_error, round(error, 5), f"{qtype}: max {max_error} of the largest logit")
+            ], LoadedModel(model, tokenizer)
+
+
+def _dominant_type(reader) -> str:
+    types = [t.tensor_type.name for t in reader.tensors if len(t.shape) > 1]
+    return max(set(types), key=types.count)
+
+
+def validate_gguf(artifact_dir: Path, source: Path) -> tuple[list[dict[str, Any]], LoadedModel | None]:
+    """Structure, then numerics; returns the checks and, when the file is sound, a model running its weights."""
+    try:
+        path = gguf_file(artifact_dir)
+    except FileNotFoundError as exc:
+        return [check("reads", False, detail=str(exc))], None
+    results, reader = structure_checks(path, source)
+    if reader is None or not all(r["passed"] for r in results):
+        return results, None
+    numeric, model = numeric_checks(reader, source)
+    return results + numeric, model

@@ -1,0 +1,160 @@
+"""GGUF export for llama and qwen2 models, written with the `gguf` package (llama.cpp's own Python writer).
+
+Byte-level BPE vocabularies are written as llama.cpp expects them (`tokenizer.ggml.model = gpt2`, merges, token
+types, special token ids, the chat template), which `mlx_lm.fuse --export-gguf` does not do (it labels every
+vocabulary SentencePiece). Quantization: f16, and q8_0 / q4_0 through `gguf.quants` (32-value blocks); a tensor
+whose rows do not divide into blocks stays f16, as llama.cpp's converter does. 1-D tensors (norms, biases) stay f32.
+Q4_K_M needs llama.cpp's own quantizer and is not produced here.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+ARCHITECTURES = {"llama": "LLAMA", "qwen2": "QWEN2"}
+QTYPES = {"f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0"}
+FILE_TYPES = {"f16": 1, "q8_0": 7, "q4_0": 2}  # llama_ftype: MOSTLY_F16, MOSTLY_Q8_0, MOSTLY_Q4_0
+PRE_TOKENIZERS = {"llama": "llama-bpe", "qwen2": "qwen2"}
+
+
+class GgufExportError(Exception):
+    pass
+
+
+def load_hf_tensors(source: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a safetensors model as float32 numpy (via MLX, which also reads bfloat16)."""
+    import mlx.core as mx
+
+    tensors: dict[str, np.ndarray] = {}
+    for path in sorted(source.glob("*.safetensors")):
+        for name, array in mx.load(str(path)).items():
+            tensors[name] = np.array(array.astype(mx.float32))
+    if not tensors:
+        raise GgufExportError(f"{source} has no safetensors weights")
+    return tensors
+
+
+def permute_for_gguf(weight: np.ndarray, heads: int) -> np.ndarray:
+    """HF stores llama q/k rows rotary-half-split; llama.cpp wants them interleaved."""
+    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(
+        weight.shape)
+
+
+def unpermute_from_gguf(weight: np.ndarray, heads: int) -> np.ndarray:
+    return weight.reshape(heads, weight.shape[0] // heads // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(
+        weight.shape)
+
+
+def gguf_names(config: dict, hf_names: list[str]) -> dict[str, str]:
+    """HF tensor name -> GGUF tensor name, through llama.cpp's own name map."""
+    import gguf
+
+    arch = getattr(gguf.MODEL_ARCH, ARCHITECTURES[config["model_type"]])
+    name_map = gguf.get_tensor_name_map(arch, config["num_hidden_layers"])
+    names = {}
+    for hf_name in hf_names:
+        mapped = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if mapped is None:
+            raise GgufExportError(f"no GGUF name for tensor {hf_name}")
+        names[hf_name] = mapped
+    return names
+
+
+def export_gguf(source: Path, out_file: Path, qtype: str) -> Path:
+    import gguf
+
+    config = json.loads((source / "config.json").read_text())
+    model_type = config.get("model_type")
+    if model_type not in ARCHITECTURES:
+        raise GgufExportError(f"GGUF export supports {', '.join(ARCHITECTURES)}; this model is {model_type!r}")
+    if qtype not in QTYPES:
+        raise GgufExportError(f"GGUF type {qtype!r} is not produced here (available: {', '.join(QTYPES)})")
+    tensors = load_hf_tensors(source)
+    if config.get("tie_word_embeddings"):
+        tensors.pop("lm_head.weight", None)  # llama.cpp reuses token_embd when output.weight is absent
+    names = gguf_names(config, list(tensors))
+
+    writer = gguf.GGUFWriter(str(out_file), gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, ARCHITECTURES[model_type])])
+    _write_hyperparameters(writer, config, source.name, FILE_TYPES[qtype])
+    _write_tokenizer(writer, source, config)
+    heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads", config["num_attention_heads"])
+    target = getattr(gguf.GGMLQuantizationType, QTYPES[qtype])
+    for hf_name, data in tensors.items():
+        if model_type == "llama" and hf_name.endswith("q_proj.weight"):
+            data = permute_for_gguf(data, heads)
+        elif model_type == "llama" and hf_name.endswith("k_proj.weight"):
+            data = permute_for_gguf(data, kv_heads)
+        _add_tensor(writer, names[hf_name], data, target)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out_file
+
+
+def _add_tensor(writer, name: str, data: np.ndarray, target) -> None:
+    import gguf
+
+    if data.ndim == 1:
+        writer.add_tensor(name, data.astype(np.float32))
+    elif target == gguf.GGMLQuantizationType.F16 or data.shape[-1] % 32:
+        writer.add_tensor(name, data.astype(np.float16))
+    else:
+        writer.add_tensor(name, gguf.quants.quantize(data, target), raw_dtype=target)
+
+
+def _write_hyperparameters(writer, config: dict, name: str, file_type: int) -> None:
+    writer.add_name(name)
+    writer.add_context_length(config.get("max_position_embeddings", 4096))
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(config["num_attention_heads"])
+    writer.add_head_count_kv(config.get("num_key_value_heads", config["num_attention_heads"]))
+    writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
+    writer.add_rope_freq_base(config.get("rope_theta", 10000.0))
+    writer.add_vocab_size(config["vocab_size"])
+    writer.add_file_type(file_type)
+
+
+def _write_tokenizer(writer, source: Path, config: dict) -> None:
+    """A byte-level BPE vocabulary the way llama.cpp's converter writes one (model gpt2)."""
+    import gguf
+
+    spec = json.loads((source / "tokenizer.json").read_text())
+    model = spec["model"]
+    if model.get("type") != "BPE":
+        raise GgufExportError(f"only byte-level BPE tokenizers are exported (this one is {model.get('type')})")
+    vocab_size = config["vocab_size"]
+    by_id = {index: token for token, index in model["vocab"].items()}
+    special = {added["id"]: added["content"] for added in spec.get("added_tokens", [])}
+    by_id.update(special)
+    tokens, types = [], []
+    for index in range(vocab_size):  # llama.cpp needs exactly vocab_size tokens: pad unused ids
+        token = by_id.get(index, f"[PAD{index}]")
+        tokens.append(token)
+        types.append(gguf.TokenType.CONTROL if index in special else
+                     gguf.TokenType.USER_DEFINED if index not in by_id else gguf.TokenType.NORMAL)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(PRE_TOKENIZERS[config["model_type"]])
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    tokenizer_config = json.loads((source / "tokenizer_config.json").read_text()) \
+        if (source / "tokenizer_config.json").exists() else {}
+    ids = {token: index for index, token in by_id.items()}
+    for kind, add in (("eos_token", writer.add_eos_token_id), ("bos_token", writer.add_bos_token_id),
+                      ("pad_token", writer.add_pad_token_id)):
+        token = tokenizer_config.get(kind)
+        token = token.get("content") if isinstance(token, dict) else token
+        if token in ids:
+            add(ids[token])
+    writer.add_add_bos_token(bool(tokenizer_config.get("add_bos_token", False)))
+    template = tokenizer_config.get("chat_template")
+    if template is None and (source / "chat_template.jinja").exists():
+        template = (source / "chat_template.jinja").read_text()
+    if template:
+        writer.add_chat_template(template)
