@@ -139,7 +139,8 @@ class ModelPool:
         except NoEngine as exc:
             raise UnknownModel(str(exc)) from None
         started = time.monotonic()
-        engine = await asyncio.to_thread(engine_class.load, version.artifact(artifact), self.config.max_batch)
+        engine = await asyncio.to_thread(engine_class.load, version.artifact(artifact), self.config.max_batch,
+                                         int(serve.get("context_length") or 4096))
         nbytes = sum(entry["size"] for entry in manifest["artifacts"][artifact]["files"].values())
         model = ServedModel(version=version, serve=serve, artifact=artifact, engine=engine, nbytes=nbytes,
                             scheduler=Scheduler(engine, self.config.max_batch, self.config.queue_size, version.ref))

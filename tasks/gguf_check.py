@@ -1,6 +1,7 @@
 """GGUF validation: read the file back with `gguf.GGUFReader`, check its structure against the source config, then
 put its (dequantized) tensors into the source's mlx-lm model and compare logits with the source weights on fixed
-prompts: argmax agreement and relative error, with thresholds per quantization type.
+prompts: argmax agreement and relative error, with thresholds per quantization type. When llama-cpp-python is
+installed, llama.cpp itself loads the file and its logits are compared the same way.
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def structure_checks(path: Path, source: Path) -> tuple[list[dict[str, Any]], An
     return results, reader
 
 
-def numeric_checks(reader, source: Path) -> tuple[list[dict[str, Any]], LoadedModel]:
+def numeric_checks(reader, path: Path, source: Path) -> tuple[list[dict[str, Any]], LoadedModel]:
     """Logits of the source weights vs the GGUF's weights in the same mlx-lm model (returned, for more checks)."""
     import gguf
     import mlx.core as mx
@@ -88,9 +89,36 @@ def numeric_checks(reader, source: Path) -> tuple[list[dict[str, Any]], LoadedMo
     error = max(float(mx.abs(a - b).max()) for a, b in zip(reference, candidate)) / scale
     qtype = _dominant_type(reader)
     min_agree, max_error = THRESHOLDS.get(qtype, (0.5, 0.5))
-    return [check("argmax_agreement", agree >= min_agree, round(float(agree), 4), f"{qtype}: min {min_agree}"),
-            check("logit_error", error <= max_error, round(error, 5), f"{qtype}: max {max_error} of the largest logit")
-            ], LoadedModel(model, tokenizer)
+    results = [check("argmax_agreement", agree >= min_agree, round(float(agree), 4), f"{qtype}: min {min_agree}"),
+               check("logit_error", error <= max_error, round(error, 5), f"{qtype}: max {max_error} of the largest "
+                                                                          f"logit")]
+    results += llamacpp_checks(path, source, [np.array(r[0]) for r in reference], [p[0].tolist() for p in prompts],
+                               qtype)
+    return results, LoadedModel(model, tokenizer)
+
+
+def llamacpp_checks(path: Path, source: Path, reference: list[np.ndarray], prompts: list[list[int]],
+                    qtype: str) -> list[dict[str, Any]]:
+    """The same comparison through llama.cpp itself (when installed): its logits vs the source's, per prompt."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return [check("llama_cpp", True, None, "not run: llama-cpp-python is not installed")]
+    llm = Llama(model_path=str(path), n_ctx=512, logits_all=True, verbose=False)
+    try:
+        agree, errors = [], []
+        for tokens, expected in zip(prompts, reference):
+            llm.reset()
+            llm.eval(tokens)
+            logits = np.array(llm.scores[: len(tokens)], dtype=np.float32)
+            agree.append(np.argmax(logits, -1) == np.argmax(expected, -1))
+            errors.append(np.abs(logits - expected).max() / np.abs(expected).max())
+    finally:
+        llm.close()
+    agreement, error = float(np.mean(np.concatenate(agree))), float(max(errors))
+    min_agree, max_error = THRESHOLDS.get(qtype, (0.5, 0.5))
+    return [check("llama_cpp_argmax_agreement", agreement >= min_agree, round(agreement, 4), f"{qtype}: min {min_agree}"),
+            check("llama_cpp_logit_error", error <= max_error, round(error, 5), f"{qtype}: max {max_error}")]
 
 
 def _dominant_type(reader) -> str:
@@ -107,5 +135,5 @@ def validate_gguf(artifact_dir: Path, source: Path) -> tuple[list[dict[str, Any]
     results, reader = structure_checks(path, source)
     if reader is None or not all(r["passed"] for r in results):
         return results, None
-    numeric, model = numeric_checks(reader, source)
+    numeric, model = numeric_checks(reader, path, source)
     return results + numeric, model

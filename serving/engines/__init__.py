@@ -21,10 +21,28 @@ def apple_silicon() -> bool:
     return platform.system() == "Darwin" and platform.machine() == "arm64"
 
 
+GGUF_PREFERENCE = ["gguf-q4_0", "gguf-q8_0", "gguf-f16"]  # q4_0 is repacked for AVX-512 at load: fastest on x86
+
+
 def select_artifact(version: Version, engine: str = "auto") -> tuple[type[Engine], str]:
-    """The engine class and artifact (format key) to serve `version` with on this host."""
-    if engine not in ("auto", "mlx"):
-        raise NoEngine(f"{version.ref}: engine {engine!r} is not available in this server")
+    """The engine class and artifact (format key) to serve `version` with on this host.
+
+    auto: MLX on Apple silicon; llama.cpp for a GGUF artifact elsewhere (when llama-cpp-python is installed), MLX
+    otherwise. `serve.engine` in the spec forces one.
+    """
+    from serving.engines.llamacpp import available as llamacpp_available
+
+    gguf = [key for key in GGUF_PREFERENCE if key in version.formats]
+    wants_llamacpp = engine == "llamacpp" or (engine == "auto" and not apple_silicon() and gguf)
+    if wants_llamacpp:
+        if not gguf:
+            raise NoEngine(f"{version.ref}: serve.engine is llamacpp but it has no GGUF artifact")
+        if llamacpp_available():
+            from serving.engines.llamacpp import LlamaCppEngine
+
+            return LlamaCppEngine, gguf[0]
+        if engine == "llamacpp":
+            raise NoEngine(f"{version.ref}: serve.engine is llamacpp but llama-cpp-python is not installed")
     preference = MLX_PREFERENCE_APPLE if apple_silicon() else MLX_PREFERENCE_CPU
     for prefix in preference:
         for key in version.formats:

@@ -38,7 +38,7 @@ class Engine(ABC):
 
     @classmethod
     @abstractmethod
-    def load(cls, path: Path, max_batch: int) -> "Engine":
+    def load(cls, path: Path, max_batch: int, context_length: int = 4096) -> "Engine":
         ...
 
     @abstractmethod

@@ -34,7 +34,7 @@ class MlxEngine(Engine):
         self.wants_logprobs: dict[int, int] = {}  # uid -> how many top logprobs (0 = just the token's)
 
     @classmethod
-    def load(cls, path: Path, max_batch: int) -> "MlxEngine":
+    def load(cls, path: Path, max_batch: int, context_length: int = 4096) -> "MlxEngine":
         from mlx_lm import load
 
         model, tokenizer = load(str(path))

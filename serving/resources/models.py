@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from serving.errors import model_not_found
+from serving.engines import NoEngine, select_artifact
 from serving.pool import ModelPool, UnknownModel
 
 
@@ -32,8 +33,17 @@ class Models:
             "version": version.version, "ref": version.ref, "aliases": aliases, "formats": version.formats,
             "quantization": {key: _quantization(key) for key in version.formats},
             "context_length": int(serve.get("context_length") or 4096),
+            "engine": _engine_name(version, serve),
             "loaded": version.ref in self.pool.loaded,
         }
+
+
+def _engine_name(version, serve: dict) -> str | None:
+    try:
+        engine, _ = select_artifact(version, serve.get("engine", "auto"))
+    except NoEngine:
+        return None
+    return "llamacpp" if engine.family == "gguf" else engine.family
 
 
 def _quantization(format_key: str) -> str:

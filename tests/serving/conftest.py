@@ -62,9 +62,9 @@ def tiny_mlx_v2(tmp_path_factory) -> Path:
     return mlx_float16(tmp_path_factory, seed=1)
 
 
-def start_server(root: Path, artifact: Path, **env: str) -> Server:
+def start_server(root: Path, artifact: Path, format_key: str = "mlx-float16", **env: str) -> Server:
     registry = Registry(root / "registry")
-    registry.publish("tiny", {"mlx-float16": artifact}, serve=SERVE)
+    registry.publish("tiny", {format_key: artifact}, serve=SERVE)
     port = free_port()
     log = root / "server.log"
     environment = {**os.environ, "FACTORY_ROOT": str(root), "FACTORY_REGISTRY": str(registry.root),
@@ -97,10 +97,24 @@ def stop_server(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory, tiny_mlx) -> Server:
-    """Shared by tests that do not change the registry."""
-    running = start_server(tmp_path_factory.mktemp("served"), tiny_mlx, FACTORY_SERVE_MAX_BATCH="8",
+def tiny_gguf(tmp_path_factory, tiny_model) -> Path:
+    """The tiny model exported to GGUF (f16), as the pipeline's export step writes it."""
+    from tasks.gguf_export import export_gguf
+
+    directory = tmp_path_factory.mktemp("gguf") / "gguf-f16"
+    directory.mkdir()
+    export_gguf(tiny_model, directory / "model-f16.gguf", "f16")
+    return directory
+
+
+@pytest.fixture(scope="session", params=["mlx", "llamacpp"])
+def server(request, tmp_path_factory, tiny_mlx) -> Server:
+    """Shared by tests that do not change the registry; every test using it runs once per engine."""
+    artifact, key = (tiny_mlx, "mlx-float16") if request.param == "mlx" else (request.getfixturevalue("tiny_gguf"),
+                                                                             "gguf-f16")
+    running = start_server(tmp_path_factory.mktemp("served"), artifact, key, FACTORY_SERVE_MAX_BATCH="8",
                            FACTORY_SERVE_QUEUE_SIZE="4", FACTORY_SERVE_MAX_BODY_BYTES=str(1 << 20))
+    assert running.client.models.retrieve("tiny").model_extra["engine"] == request.param
     yield running
     stop_server(running.process)
 

@@ -37,7 +37,7 @@ def test_llama_exports_validate_structurally_and_numerically(tmp_path, tiny_mode
     verdicts = {c["name"]: c for c in checks}
     assert all(c["passed"] for c in checks), checks
     assert set(verdicts) == {"reads", "architecture", "vocabulary", "tensor_shapes", "argmax_agreement",
-                             "logit_error"}
+                             "logit_error", "llama_cpp_argmax_agreement", "llama_cpp_logit_error"}
     assert model is not None
 
 
