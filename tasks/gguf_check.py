@@ -16,7 +16,8 @@ from tasks.gguf_export import gguf_names, load_hf_tensors, unpermute_from_gguf
 from tasks.mlx_runtime import LoadedModel
 
 # (minimum argmax agreement, maximum error relative to the largest source logit)
-THRESHOLDS = {"F16": (0.98, 0.01), "Q8_0": (0.90, 0.05), "Q4_0": (0.60, 0.35)}
+THRESHOLDS = {"F16": (0.98, 0.01), "Q8_0": (0.90, 0.05), "Q4_0": (0.60, 0.35), "Q4_K": (0.60, 0.35),
+              "Q5_0": (0.70, 0.25), "Q6_K": (0.80, 0.15)}
 PROBE_TEXTS = ["def main():\n    return 42\n", "The lighthouse keeper looked at the sea and said"]
 
 

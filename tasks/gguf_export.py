@@ -4,7 +4,8 @@ Byte-level BPE vocabularies are written as llama.cpp expects them (`tokenizer.gg
 types, special token ids, the chat template), which `mlx_lm.fuse --export-gguf` does not do (it labels every
 vocabulary SentencePiece). Quantization: f16, and q8_0 / q4_0 through `gguf.quants` (32-value blocks); a tensor
 whose rows do not divide into blocks stays f16, as llama.cpp's converter does. 1-D tensors (norms, biases) stay f32.
-Q4_K_M needs llama.cpp's own quantizer and is not produced here.
+Q4_K_M goes through llama.cpp's own quantizer (llama-cpp-python), from the f16 file: k-quants need rows divisible
+by 256, and llama.cpp picks its own fallbacks for the tensors whose rows do not divide.
 """
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 ARCHITECTURES = {"llama": "LLAMA", "qwen2": "QWEN2"}
-QTYPES = {"f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0"}
-FILE_TYPES = {"f16": 1, "q8_0": 7, "q4_0": 2}  # llama_ftype: MOSTLY_F16, MOSTLY_Q8_0, MOSTLY_Q4_0
+QTYPES = {"f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0", "q4_k_m": "Q4_K"}
+FILE_TYPES = {"f16": 1, "q8_0": 7, "q4_0": 2, "q4_k_m": 15}  # llama_ftype: MOSTLY_F16, _Q8_0, _Q4_0, _Q4_K_M
 PRE_TOKENIZERS = {"llama": "llama-bpe", "qwen2": "qwen2"}
 
 
@@ -71,6 +72,8 @@ def export_gguf(source: Path, out_file: Path, qtype: str) -> Path:
         raise GgufExportError(f"GGUF export supports {', '.join(ARCHITECTURES)}; this model is {model_type!r}")
     if qtype not in QTYPES:
         raise GgufExportError(f"GGUF type {qtype!r} is not produced here (available: {', '.join(QTYPES)})")
+    if qtype == "q4_k_m":
+        return _quantize_with_llama_cpp(source, out_file)
     tensors = load_hf_tensors(source)
     if config.get("tie_word_embeddings"):
         tensors.pop("lm_head.weight", None)  # llama.cpp reuses token_embd when output.weight is absent
@@ -91,6 +94,26 @@ def export_gguf(source: Path, out_file: Path, qtype: str) -> Path:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    return out_file
+
+
+def _quantize_with_llama_cpp(source: Path, out_file: Path) -> Path:
+    import ctypes
+
+    try:
+        from llama_cpp import llama_cpp as lc
+    except ImportError:
+        raise GgufExportError("q4_k_m needs llama.cpp's quantizer: install llama-cpp-python (make install does)") \
+            from None
+    f16 = out_file.with_name(out_file.stem + ".f16-tmp.gguf")
+    export_gguf(source, f16, "f16")
+    try:
+        params = lc.llama_model_quantize_default_params()
+        params.ftype = lc.LLAMA_FTYPE_MOSTLY_Q4_K_M
+        if lc.llama_model_quantize(str(f16).encode(), str(out_file).encode(), ctypes.byref(params)) != 0:
+            raise GgufExportError(f"llama.cpp could not quantize {f16.name} to Q4_K_M")
+    finally:
+        f16.unlink(missing_ok=True)
     return out_file
 
 

@@ -21,6 +21,19 @@ from serving.schemas import SamplingParams
 PREFILL_CHUNK = 512  # tokens per decode call (llama.cpp's n_batch)
 
 
+def _quiet_llama_cpp() -> None:
+    """llama.cpp logs every load to stderr; the server writes its own JSON log lines instead."""
+    from llama_cpp import llama_cpp as lc
+
+    global _LOG_CALLBACK
+    if _LOG_CALLBACK is None:
+        _LOG_CALLBACK = lc.llama_log_callback(lambda level, text, data: None)
+        lc.llama_log_set(_LOG_CALLBACK, None)
+
+
+_LOG_CALLBACK = None
+
+
 class Utf8Detokenizer(Detokenizer):
     """Token pieces are bytes; a character may span tokens, so text is released only once complete."""
 
@@ -57,6 +70,7 @@ class LlamaCppEngine(Engine):
         from llama_cpp import llama_cpp as lc
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+        _quiet_llama_cpp()
         self.lc = lc
         self.model = _internals.LlamaModel(path_model=str(path), params=lc.llama_model_default_params(),
                                            verbose=False)
