@@ -121,7 +121,12 @@ class Scheduler:
                     self.steps += 1
             except Exception as exc:  # a broken step fails its requests, never the server
                 log.exception("engine step failed")
-                for generation in list(self.active.values()):
+                failed = list(self.active.values())
+                try:
+                    self.engine.remove(list(self.active))  # free their engine state, so later requests start clean
+                except Exception:
+                    log.exception("engine could not drop the failed sequences")
+                for generation in failed:
                     self._finish(generation, "error", error=f"{type(exc).__name__}: {exc}")
                 self.active.clear()
         for generation in [*self.active.values(), *self.incoming]:

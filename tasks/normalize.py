@@ -1,8 +1,13 @@
-"""Normalise step: pickled PyTorch checkpoints (`*.bin`, `*.pt`) become safetensors before conversion.
+"""Normalise step: whatever the source is, the convert step gets a Hugging Face–layout safetensors directory.
 
-Pickles can run code when loaded and cannot be memory-mapped, so they never go further than this step. Tensors are
-loaded with `weights_only=True`; huggingface_hub's `save_torch_state_dict` then drops shared (tied) duplicates, makes
-tensors contiguous and shards large models.
+The source's format is detected, not declared:
+    hf        a folder with config.json and *.safetensors              passed through
+    mlx-q     an mlx-lm folder with quantized weights                  dequantized by mlx-lm's convert
+    pickle    a folder with config.json and *.bin / *.pt / *.pth        rewritten as safetensors
+    gguf      a .gguf file (or a folder holding just one)              imported by tasks/gguf_import.py
+Anything else is refused with an error naming the path. Pickles can run code when loaded and cannot be
+memory-mapped, so they never go further than this step: tensors are loaded with `weights_only=True`, and
+huggingface_hub's `save_torch_state_dict` drops shared (tied) duplicates, makes tensors contiguous and shards.
 """
 from __future__ import annotations
 
@@ -19,9 +24,32 @@ from tasks.download import SourceSnapshot, snapshot_local
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 
 
-def needs_normalising(snapshot: SourceSnapshot) -> bool:
-    names = snapshot.files
-    return not any(n.endswith(".safetensors") for n in names) and any(n.endswith(PICKLE_SUFFIXES) for n in names)
+class UnsupportedSource(Exception):
+    """The source is not a model in a format this factory reads."""
+
+
+def source_kind(snapshot: SourceSnapshot) -> str:
+    path, names = Path(snapshot.path), list(snapshot.files)
+    if path.is_file():
+        if path.suffix == ".gguf":
+            return "gguf"
+        raise UnsupportedSource(f"{path}: not a model file this factory reads (give a .gguf file, or a folder with "
+                                f"config.json and safetensors or pickled PyTorch weights)")
+    ggufs = [n for n in names if n.endswith(".gguf")]
+    safetensors = [n for n in names if n.endswith(".safetensors")]
+    pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+    if ggufs and not safetensors and not pickles:
+        if len(ggufs) > 1:
+            raise UnsupportedSource(f"{path} holds several .gguf files ({', '.join(ggufs)}); point at one of them")
+        return "gguf"
+    if "config.json" not in names:
+        raise UnsupportedSource(f"{path} has no config.json, so it is not a model folder this factory reads")
+    if safetensors:
+        config = json.loads((path / "config.json").read_text())
+        return "mlx-q" if "quantization" in config else "hf"
+    if pickles:
+        return "pickle"
+    raise UnsupportedSource(f"{path} holds no weights (*.safetensors, *.bin, *.pt, *.pth or *.gguf)")
 
 
 def untie_shared_tensors(state: dict, keep_tied: bool) -> dict:
@@ -45,33 +73,54 @@ def untie_shared_tensors(state: dict, keep_tied: bool) -> dict:
 
 @task(task_run_name="normalise to safetensors")
 def normalise_checkpoint(snapshot: SourceSnapshot, runs_dir: str) -> SourceSnapshot:
-    """Return `snapshot` unchanged, or a copy with its pickled weights rewritten as safetensors."""
-    if not needs_normalising(snapshot):
+    """Return `snapshot` unchanged when it already is a safetensors model folder, or a normalised copy of it."""
+    kind = source_kind(snapshot)
+    if kind == "hf":
         return snapshot
-    import torch
-    from huggingface_hub import save_torch_state_dict
-
-    source = Path(snapshot.path)
-    out = Path(runs_dir) / "normalise" / content_key(snapshot.identity)[:24]
+    out = Path(runs_dir) / "normalise" / content_key(snapshot.identity, kind)[:24]
     if not out.exists():
         staging = out.with_name(out.name + ".tmp")
         shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        state: dict = {}
-        for name in sorted(snapshot.files):
-            path = source / name if source.is_dir() else source
-            if name.endswith(PICKLE_SUFFIXES):
-                loaded = torch.load(path, map_location="cpu", weights_only=True)
-                state.update(loaded.get("state_dict", loaded) if isinstance(loaded, dict) else loaded)
-            elif not name.endswith(".index.json"):
-                (staging / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, staging / name)
-        tied = json.loads((staging / "config.json").read_text()).get("tie_word_embeddings", False) \
-            if (staging / "config.json").exists() else False
-        save_torch_state_dict(untie_shared_tensors(state, keep_tied=tied), staging)
+        {"pickle": _from_pickle, "gguf": _from_gguf, "mlx-q": _from_quantized_mlx}[kind](snapshot, staging)
         staging.rename(out)
-        get_run_logger().info("rewrote %d pickled tensors as safetensors in %s", len(state), out)
+        get_run_logger().info("normalised a %s source into %s", kind, out)
     normalised = snapshot_local(out)
     # Keep the source's revision: lineage points at what was downloaded, not at our rewrite of it.
     return SourceSnapshot(path=normalised.path, revision=snapshot.revision, identity=normalised.identity,
                           origin=snapshot.origin, files=normalised.files)
+
+
+def _from_gguf(snapshot: SourceSnapshot, out: Path) -> None:
+    from tasks.gguf_import import GgufImportError, import_gguf
+
+    path = Path(snapshot.path)
+    file = path if path.is_file() else next(path / n for n in snapshot.files if n.endswith(".gguf"))
+    try:
+        import_gguf(file, out)
+    except GgufImportError as exc:
+        raise UnsupportedSource(str(exc)) from None
+
+
+def _from_quantized_mlx(snapshot: SourceSnapshot, out: Path) -> None:
+    from mlx_lm import convert
+
+    convert(hf_path=snapshot.path, mlx_path=str(out), dequantize=True)
+
+
+def _from_pickle(snapshot: SourceSnapshot, staging: Path) -> None:
+    import torch
+    from huggingface_hub import save_torch_state_dict
+
+    source = Path(snapshot.path)
+    staging.mkdir(parents=True)
+    state: dict = {}
+    for name in sorted(snapshot.files):
+        path = source / name
+        if name.endswith(PICKLE_SUFFIXES):
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            state.update(loaded.get("state_dict", loaded) if isinstance(loaded, dict) else loaded)
+        elif not name.endswith(".index.json"):
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, staging / name)
+    tied = json.loads((staging / "config.json").read_text()).get("tie_word_embeddings", False)
+    save_torch_state_dict(untie_shared_tensors(state, keep_tied=tied), staging)

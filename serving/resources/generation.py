@@ -97,8 +97,10 @@ async def collect(model: ServedModel, generations: list[Generation], token_text:
     return choices
 
 
-async def merged(generations: list[Generation]) -> AsyncIterator[tuple[int, TokenEvent | DoneEvent]]:
-    """Events of several sequences as they come, tagged with the sequence's index."""
+async def merged(generations: list[Generation],
+                 heartbeat_s: float | None = None) -> AsyncIterator[tuple[int, TokenEvent | DoneEvent | None]]:
+    """Events of several sequences as they come, tagged with the sequence's index; with `heartbeat_s`, (-1, None)
+    whenever that long passes without an event."""
     queue: asyncio.Queue = asyncio.Queue()
 
     async def pump(index: int, generation: Generation) -> None:
@@ -109,7 +111,11 @@ async def merged(generations: list[Generation]) -> AsyncIterator[tuple[int, Toke
     try:
         remaining = len(generations)
         while remaining:
-            index, event = await queue.get()
+            try:
+                index, event = await asyncio.wait_for(queue.get(), heartbeat_s)
+            except TimeoutError:
+                yield -1, None
+                continue
             remaining -= isinstance(event, DoneEvent)
             yield index, event
     finally:
@@ -133,16 +139,26 @@ def response_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
+HEARTBEAT_S = 1.0
+
+
 async def sse_stream(stack: AsyncExitStack, model: ServedModel, generations: list[Generation],
                      chunk: Callable[[int, TokenEvent | DoneEvent], dict[str, Any] | None],
                      first: Callable[[int], dict[str, Any] | None], usage_chunk: dict[str, Any] | None,
                      prompt_tokens: int) -> AsyncIterator[SSEvent]:
-    """Server-sent events for `n` sequences; on client disconnect the sequences are cancelled at once."""
+    """Server-sent events for `n` sequences; on client disconnect the sequences are cancelled at once.
+
+    Falcon notices a disconnect only when it sends an event, so a request still waiting in the queue sends an SSE
+    comment every second: clients ignore it, and a client that has gone frees its place in the queue.
+    """
     try:
         for index in range(len(generations)):
             if (opening := first(index)) is not None:
                 yield SSEvent(json=opening)
-        async for index, event in merged(generations):
+        async for index, event in merged(generations, heartbeat_s=HEARTBEAT_S):
+            if event is None:
+                yield SSEvent(comment="keep-alive")
+                continue
             if isinstance(event, DoneEvent) and event.error:
                 yield SSEvent(json={"error": {"message": f"generation failed: {event.error}", "type": "server_error",
                                               "param": None, "code": None}})

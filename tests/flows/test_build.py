@@ -186,3 +186,18 @@ def test_gguf_formats_are_exported_validated_and_published(tmp_path, factory_roo
     assert reports["gguf-q8_0"]["argmax_agreement"]["value"] >= 0.9
     assert reports["gguf-q4_0"]["prompt[0]"]["passed"]
     assert "not measured" in reports["gguf-q4_0"]["tokens_per_second"]["detail"]
+
+
+def test_a_gguf_file_as_source_builds_mlx_formats(tmp_path, factory_root, tiny_model):
+    from tasks.gguf_export import export_gguf
+
+    gguf = export_gguf(tiny_model, tmp_path / "tiny-q8_0.gguf", "q8_0")
+    spec = write_spec(tmp_path / "specs", {"name": "from-gguf", "source": {"local": "../tiny-q8_0.gguf"},
+                                           "formats": [{"mlx": {"dtype": "float16"}}]})
+    assert build_model(spec=str(spec))["status"] == "published"
+    assert registry().resolve("from-gguf").source_revision.startswith("sha256:")
+    unknown = write_spec(tmp_path / "specs", {"name": "unknown", "source": {"local": "../tiny-q8_0.gguf.txt"},
+                                              "formats": [{"mlx": {"dtype": "float16"}}]})
+    (tmp_path / "tiny-q8_0.gguf.txt").write_bytes(gguf.read_bytes())
+    state = build_model(spec=str(unknown), return_state=True)
+    assert state.is_failed() and "tiny-q8_0.gguf.txt: not a model file" in str(state.result(raise_on_failure=False))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import openai
@@ -162,3 +163,10 @@ def test_a_full_queue_answers_429_with_retry_after(server):
     refused = [o for o in outcomes if isinstance(o, openai.RateLimitError)]
     assert len(refused) == 8 and len(outcomes) - len(refused) == 12
     assert all(o.response.headers["retry-after"] == "1" and o.body["type"] == "rate_limit_error" for o in refused)
+    # every client has gone, the queued ones included (their keep-alive comments notice): the model is idle again
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (server.metric("factory_sequences_active", "tiny@1")
+                                           or server.metric("factory_sequences_queued", "tiny@1")):
+        time.sleep(0.1)
+    assert server.metric("factory_sequences_active", "tiny@1") == server.metric("factory_sequences_queued",
+                                                                                "tiny@1") == 0
