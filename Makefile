@@ -9,9 +9,18 @@ WHEELS    ?= $(HOME)/.cache/llm-factory/wheels
 LLAMA_CPP := llama-cpp-python==0.3.36
 export FACTORY_ROOT ?= $(CURDIR)/.factory
 
-.PHONY: install up test lock clean
+.PHONY: install up test lock clean blas
 
-install: $(STAMP)
+install: $(STAMP) blas
+
+# OpenBLAS for MLX on Linux (see README): Debian's package, preloaded by the factory's own commands. Needs root and
+# apt-get; anywhere else this step says so and the factory runs on MLX's bundled BLAS.
+OPENBLAS := /usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0
+blas:
+	@test -e $(OPENBLAS) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get install -y -qq libopenblas0-pthread >/dev/null 2>&1 || \
+	   (apt-get update -qq && apt-get install -y -qq libopenblas0-pthread >/dev/null)) ; } || \
+	  echo "note: OpenBLAS not installed (needs root + apt-get); MLX uses its bundled BLAS"
 
 # Reinstall only when the pins or the project metadata change.
 $(STAMP): requirements.lock pyproject.toml
@@ -30,8 +39,9 @@ $(FACTORY_ROOT)/demo-model/config.json: | $(STAMP)
 up: install $(FACTORY_ROOT)/demo-model/config.json
 	$(VENV)/bin/factory up
 
+# The suite runs as production does: with OpenBLAS preloaded when it is installed.
 test: install
-	$(VENV)/bin/pytest
+	$(if $(wildcard $(OPENBLAS)),LD_PRELOAD=$(OPENBLAS)) $(VENV)/bin/pytest
 
 # Refresh requirements.lock from what is installed (after changing dependencies in pyproject.toml).
 lock:

@@ -1,6 +1,6 @@
-"""Engine benchmark: prompt and decode tokens/s of each engine x format on one model shape, as a share of the
-memory-bandwidth bound; then this server on the llama.cpp engine against `llama_cpp.server` (llama-cpp-python's
-own OpenAI server) on the same GGUF, in the same run.
+"""Engine benchmark: prompt and decode tokens/s of each engine x format on one model shape (MLX with its bundled
+BLAS and with OpenBLAS preloaded), as a share of the memory-bandwidth bound; then this server on the llama.cpp
+engine against `llama_cpp.server` (llama-cpp-python's own OpenAI server) on the same GGUF, in the same run.
 
     .venv/bin/python bench/engines.py [--shape qwen2.5-0.5b|tiny] [--prompt-tokens 32] [--decode-tokens 16]
 
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from factory.registry import Registry  # noqa: E402
-from factory.services import free_port  # noqa: E402
+from factory.services import free_port, with_openblas  # noqa: E402
 
 SHAPES = {
     "qwen2.5-0.5b": dict(architecture="qwen2", hidden_size=896, layers=24, heads=14, kv_heads=2,
@@ -49,7 +49,11 @@ def main() -> None:
     rows = []
     for dtype in ("float32", "float16", "q4"):
         path = mlx_artifact(work, source, dtype)
-        rows.append(("MLX", dtype, weight_bytes(path), *measure_mlx(path, args.prompt_tokens, args.decode_tokens)))
+        for blas, env in (("", without_openblas()), ("+OpenBLAS", with_openblas(without_openblas()))):
+            if blas and env == without_openblas():
+                continue  # OpenBLAS is not installed (make blas)
+            rows.append((f"MLX{blas}", dtype, weight_bytes(path),
+                         *measure_mlx(path, args.prompt_tokens, args.decode_tokens, env)))
     for qtype in ("f16", "q8_0", "q4_0"):
         path = gguf_artifact(work, source, qtype)
         rows.append(("llama.cpp", qtype, path.stat().st_size,
@@ -110,15 +114,23 @@ def prompt_ids(count: int) -> list[int]:
     return [(17 * i + 5) % 1000 + 3 for i in range(count)]  # ordinary (non-special) ids of the tiny vocabulary
 
 
-def measure_mlx(path: Path, prompt_tokens: int, decode_tokens: int) -> tuple[float, float]:
-    from mlx_lm import load, stream_generate
+def without_openblas() -> dict[str, str]:
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = " ".join(p for p in env.get("LD_PRELOAD", "").split() if "openblas" not in p)
+    return env
 
-    print(f"MLX {path.name}", file=sys.stderr, flush=True)
-    model, tokenizer = load(str(path))
-    last = None
-    for response in stream_generate(model, tokenizer, prompt_ids(prompt_tokens), max_tokens=decode_tokens):
-        last = response
-    return last.prompt_tps, last.generation_tps
+
+def measure_mlx(path: Path, prompt_tokens: int, decode_tokens: int, env: dict[str, str]) -> tuple[float, float]:
+    """In a child process, since the BLAS is chosen when a process starts (LD_PRELOAD)."""
+    print(f"MLX {path.name} ({'OpenBLAS' if 'openblas' in env.get('LD_PRELOAD', '') else 'bundled BLAS'})",
+          file=sys.stderr, flush=True)
+    script = ("import sys; from mlx_lm import load, stream_generate; model, tok = load(sys.argv[1]); "
+              "ids = [(17 * i + 5) % 1000 + 3 for i in range(int(sys.argv[2]))]; "
+              "r = [r for r in stream_generate(model, tok, ids, max_tokens=int(sys.argv[3]))][-1]; "
+              "print(r.prompt_tps, r.generation_tps)")
+    out = subprocess.run([sys.executable, "-c", script, str(path), str(prompt_tokens), str(decode_tokens)],
+                         env=env, capture_output=True, text=True, check=True).stdout.split()
+    return float(out[-2]), float(out[-1])
 
 
 def measure_llamacpp(path: Path, prompt_tokens: int, decode_tokens: int) -> tuple[float, float]:

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
 
 from factory.registry import Registry, RegistryError
-from factory.services import ServeOptions, apply_prefect_environment, serve
+from factory.services import ServeOptions, apply_prefect_environment, serve, with_openblas
 from factory.settings import Settings
 from factory.spec import SpecError, discover_specs, json_schema, load_spec
 
@@ -34,6 +35,8 @@ from factory.spec import SpecError, discover_specs, json_schema, load_spec
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "run", None) in (run_build, run_finetune, run_up, run_worker):
+        reexec_with_openblas(sys.argv[1:] if argv is None else list(argv))
     apply_prefect_environment(Settings.from_env())  # before anything imports Prefect
     if not hasattr(args, "run"):
         parser.print_help()
@@ -43,6 +46,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RegistryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def reexec_with_openblas(argv: list[str]) -> None:
+    """Commands that run MLX restart themselves once with OpenBLAS preloaded (a preload must precede the process)."""
+    env = with_openblas(dict(os.environ))
+    if env.get("LD_PRELOAD") != os.environ.get("LD_PRELOAD"):
+        os.execve(sys.executable, [sys.executable, "-m", "factory.cli", *argv], env)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,6 +33,20 @@ def apply_prefect_environment(settings: Settings) -> None:
         os.environ.setdefault(key, value)
 
 
+OPENBLAS = Path("/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0")
+
+
+def with_openblas(env: dict[str, str]) -> dict[str, str]:
+    """`env` plus an LD_PRELOAD of OpenBLAS, when it is installed (`make blas`) and not switched off.
+
+    The mlx-cpu wheel links a reference BLAS; preloading OpenBLAS makes MLX's float32 matrix products 14-48x faster
+    on these x86 CPUs (quantized and float16 kernels do not use BLAS). FACTORY_OPENBLAS=0 turns it off.
+    """
+    if env.get("FACTORY_OPENBLAS") == "0" or not OPENBLAS.exists() or str(OPENBLAS) in env.get("LD_PRELOAD", ""):
+        return env
+    return {**env, "LD_PRELOAD": " ".join(filter(None, [env.get("LD_PRELOAD"), str(OPENBLAS)]))}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -106,7 +120,7 @@ def serve(options: ServeOptions) -> int:
         env["FACTORY_SERVE_QUEUE_SIZE"] = str(options.queue_size)
     command = [sys.executable, "-m", "gunicorn", "-c", "serving/gunicorn_conf.py", "serving.asgi:app"]
     print(f"serving on http://{options.host}:{options.port}/v1", flush=True)
-    process = subprocess.Popen(command, cwd=PROJECT_DIR, env=env)
+    process = subprocess.Popen(command, cwd=PROJECT_DIR, env=with_openblas(env))
     try:
         return process.wait()
     except (KeyboardInterrupt, SystemExit):

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from prefect import task
 from prefect.concurrency.sync import concurrency
 from prefect.logging import get_run_logger
@@ -149,6 +150,7 @@ def train_and_fuse(base_dir: str, data: PreparedData, settings: TrainingSettings
         layers = _make_trainable(model, settings, config)
         reporter = LossReporter(logger, iterations)
         mx.random.seed(settings.seed)
+        np.random.seed(settings.seed)  # mlx-lm shuffles batches with numpy's global generator
         train(model=model, optimizer=optim.Adam(learning_rate=settings.learning_rate),
               train_dataset=train_set, val_dataset=valid_set, training_callback=reporter,
               args=TrainingArgs(batch_size=batch, iters=iterations, val_batches=-1,

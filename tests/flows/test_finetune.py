@@ -85,7 +85,7 @@ def test_a_spec_with_fine_tune_builds_both_models(factory_root, tmp_path, tiny_m
     write_training_file(tmp_path)
     spec = write_spec(tmp_path / "specs", {
         "name": "tutor", "source": {"local": str(tiny_model)}, "formats": [{"mlx": {"dtype": "float16"}}],
-        "fine_tune": {"method": "full", "iters": 100, "learning_rate": 3e-3, "data": {"train": "../train.jsonl"},
+        "fine_tune": {"method": "full", "iters": 150, "learning_rate": 3e-3, "data": {"train": "../train.jsonl"},
                       "probes": probes(), "gate": {"min_valid_loss_drop": 0.5}},
     })
     row = build_model(spec=str(spec))
