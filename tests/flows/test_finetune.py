@@ -92,3 +92,23 @@ def test_a_spec_with_fine_tune_builds_both_models(factory_root, tmp_path, tiny_m
     assert (row["version"], row["fine_tuned"]) == ("tutor@1", "tutor-ft@1")
     tuned = Registry(Settings.from_env().registry).resolve("tutor-ft")
     assert tuned.manifest()["lineage"]["exact_match_after"] == 4
+
+
+def test_factory_finetune_runs_the_same_flow_from_the_cli(base, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    train = write_training_file(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "factory.cli", "finetune", "tiny", "--train", str(train),
+                             "--method", "full", "--iters", "150", "--learning-rate", "0.003", "--suffix", "cli"],
+                            cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1].startswith("tiny-ft-cli@1: validation loss 7.0")
+    assert base.resolve("tiny-ft-cli").manifest()["lineage"]["method"] == "full"
+    spec = write_spec(tmp_path / "specs", {"name": "plain", "source": {"local": "."},
+                                           "formats": [{"mlx": {"dtype": "float16"}}]})
+    refused = subprocess.run([sys.executable, "-m", "factory.cli", "finetune", str(spec)], cwd=root,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "has no fine_tune: section" in refused.stderr
