@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from tasks.checks import check
-from tasks.gguf_export import gguf_names, load_hf_tensors, unpermute_from_gguf
+from tasks.gguf_export import gguf_names, hf_tensor_shapes, unpermute_from_gguf
 from tasks.mlx_runtime import LoadedModel
 
 # (minimum argmax agreement, maximum error relative to the largest source logit)
@@ -44,11 +44,8 @@ def structure_checks(path: Path, source: Path) -> tuple[list[dict[str, Any]], An
     rows = int(embedding.shape[-1]) if embedding is not None else None
     results.append(check("vocabulary", tokens == config["vocab_size"] == rows, tokens,
                          f"config vocab_size {config['vocab_size']}, token_embd rows {rows}"))
-    hf = load_hf_tensors(source)
-    if config.get("tie_word_embeddings"):
-        hf.pop("lm_head.weight", None)
-    expected = {gguf_name: tuple(reversed(hf[hf_name].shape)) for hf_name, gguf_name in
-                gguf_names(config, list(hf)).items()}
+    hf = _exported_shapes(source, config)
+    expected = {gguf_name: tuple(reversed(hf[hf_name])) for hf_name, gguf_name in gguf_names(config, list(hf)).items()}
     found = {t.name: tuple(int(d) for d in t.shape) for t in reader.tensors}
     wrong = sorted(n for n in expected if found.get(n) != expected[n]) + sorted(set(found) - set(expected))
     results.append(check("tensor_shapes", not wrong, len(found), f"mismatched: {', '.join(wrong[:5])}" if wrong else ""))
@@ -67,9 +64,8 @@ def numeric_checks(reader, path: Path, source: Path) -> tuple[list[dict[str, Any
     prompts = [mx.array(tokenizer.encode(text))[None] for text in PROBE_TEXTS]
     reference = [model(p).astype(mx.float32) for p in prompts]
 
-    to_hf = {gguf_name: hf_name for hf_name, gguf_name in gguf_names(config, [
-        k for k in load_hf_tensors(source) if not (config.get("tie_word_embeddings") and k == "lm_head.weight")
-    ]).items()}
+    to_hf = {gguf_name: hf_name for hf_name, gguf_name in gguf_names(config, list(_exported_shapes(source, config)))
+             .items()}
     heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads", config["num_attention_heads"])
     weights = []
     for tensor in reader.tensors:
@@ -120,6 +116,14 @@ def llamacpp_checks(path: Path, source: Path, reference: list[np.ndarray], promp
     min_agree, max_error = THRESHOLDS.get(qtype, (0.5, 0.5))
     return [check("llama_cpp_argmax_agreement", agreement >= min_agree, round(agreement, 4), f"{qtype}: min {min_agree}"),
             check("llama_cpp_logit_error", error <= max_error, round(error, 5), f"{qtype}: max {max_error}")]
+
+
+def _exported_shapes(source: Path, config: dict) -> dict[str, tuple[int, ...]]:
+    """The source tensors an export writes: all of them, less the output head of a tied model."""
+    shapes = hf_tensor_shapes(source)
+    if config.get("tie_word_embeddings"):
+        shapes.pop("lm_head.weight", None)
+    return shapes
 
 
 def _dominant_type(reader) -> str:

@@ -37,6 +37,17 @@ def load_hf_tensors(source: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
+def hf_tensor_shapes(source: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's name and shape, read from the safetensors headers alone (no weights loaded)."""
+    from safetensors import safe_open
+
+    shapes = {}
+    for path in sorted(source.glob("*.safetensors")):
+        with safe_open(str(path), framework="numpy") as f:
+            shapes.update({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})
+    return shapes
+
+
 def permute_for_gguf(weight: np.ndarray, heads: int) -> np.ndarray:
     """HF stores llama q/k rows rotary-half-split; llama.cpp wants them interleaved."""
     return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(
