@@ -8,6 +8,7 @@ in numpy so temperature, top-p, seed, penalties, logit bias and logprobs mean th
 from __future__ import annotations
 
 import codecs
+import ctypes
 import os
 from collections import deque
 from dataclasses import dataclass, field
@@ -110,10 +111,19 @@ class LlamaCppEngine(Engine):
         return self.model.tokenize(text.encode(), add_bos=self.model.add_bos_token(), special=True)
 
     def detokenizer(self) -> Detokenizer:
-        return Utf8Detokenizer(lambda token: self.model.token_to_piece(token, special=False))
+        return Utf8Detokenizer(lambda token: self.piece(token, special=False))
 
     def token_text(self, token: int) -> str:
-        return self.model.token_to_piece(token, special=True).decode("utf-8", errors="replace")
+        return self.piece(token, special=True).decode("utf-8", errors="replace")
+
+    def piece(self, token: int, special: bool) -> bytes:
+        """The bytes of one token (llama-cpp-python's own wrapper returns its whole zero-padded buffer)."""
+        buffer = ctypes.create_string_buffer(64)
+        size = self.lc.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, special)
+        if size < 0:  # the piece is longer than the buffer: llama.cpp says how long
+            buffer = ctypes.create_string_buffer(-size)
+            size = self.lc.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, special)
+        return buffer.raw[:size]
 
     def _text(self, token: int) -> str:
         return self.token_text(token)

@@ -19,7 +19,7 @@ def test_stream_and_non_stream_give_the_same_text_at_temperature_0(server):
     whole = chat(server, temperature=0, max_tokens=24)
     chunks = list(chat(server, temperature=0, max_tokens=24, stream=True, stream_options={"include_usage": True}))
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert whole.choices[0].message.content == streamed and len(streamed) > 0
+    assert whole.choices[0].message.content == streamed and len(streamed) > 0 and "\x00" not in streamed
     assert whole.choices[0].finish_reason == "length"
     assert whole.usage.completion_tokens == 24 and whole.usage.prompt_tokens > 0
     assert whole.usage.total_tokens == whole.usage.prompt_tokens + 24
