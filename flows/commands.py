@@ -106,7 +106,8 @@ def worker() -> int:
     from flows.setup import WORK_POOL
 
     command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", WORK_POOL, "--type", "process"]
-    return subprocess.run(command, cwd=PROJECT_DIR).returncode
+    os.chdir(PROJECT_DIR)
+    os.execv(sys.executable, command)  # become the worker, so signals (Ctrl-C, SIGTERM) reach it directly
 
 
 def ensure_prefect_server(settings: Settings) -> PrefectServer | None:
@@ -141,6 +142,9 @@ def up(spec: str, options: ServeOptions) -> int:
     finally:
         if worker_process is not None:
             worker_process.terminate()
-            worker_process.wait(timeout=30)
+            try:
+                worker_process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker_process.kill()
         if server is not None:
             server.stop()
