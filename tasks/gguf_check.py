@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from tasks.checks import check
-from tasks.gguf_export import gguf_names, hf_tensor_shapes, unpermute_from_gguf
+from tasks.gguf_export import gguf_names, hf_tensor_shapes, hf_tensors_from_gguf
 from tasks.mlx_runtime import LoadedModel
 
 # (minimum argmax agreement, maximum error relative to the largest source logit)
@@ -54,7 +54,6 @@ def structure_checks(path: Path, source: Path) -> tuple[list[dict[str, Any]], An
 
 def numeric_checks(reader, path: Path, source: Path) -> tuple[list[dict[str, Any]], LoadedModel]:
     """Logits of the source weights vs the GGUF's weights in the same mlx-lm model (returned, for more checks)."""
-    import gguf
     import mlx.core as mx
     from mlx_lm import load
 
@@ -64,20 +63,8 @@ def numeric_checks(reader, path: Path, source: Path) -> tuple[list[dict[str, Any
     prompts = [mx.array(tokenizer.encode(text))[None] for text in PROBE_TEXTS]
     reference = [model(p).astype(mx.float32) for p in prompts]
 
-    to_hf = {gguf_name: hf_name for hf_name, gguf_name in gguf_names(config, list(_exported_shapes(source, config)))
-             .items()}
-    heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads", config["num_attention_heads"])
-    weights = []
-    for tensor in reader.tensors:
-        data = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
-        data = data.reshape(tuple(int(d) for d in reversed(tensor.shape)))
-        hf_name = to_hf[tensor.name]
-        if config["model_type"] == "llama" and hf_name.endswith("q_proj.weight"):
-            data = unpermute_from_gguf(data, heads)
-        elif config["model_type"] == "llama" and hf_name.endswith("k_proj.weight"):
-            data = unpermute_from_gguf(data, kv_heads)
-        weights.append((hf_name, mx.array(data)))
-    model.load_weights(weights, strict=False)
+    weights = hf_tensors_from_gguf(reader, config, list(_exported_shapes(source, config)))
+    model.load_weights([(name, mx.array(data)) for name, data in weights.items()], strict=False)
     candidate = [model(p).astype(mx.float32) for p in prompts]
 
     agree = np.mean(np.concatenate([np.array(mx.argmax(a, -1) == mx.argmax(b, -1)).ravel()

@@ -59,6 +59,26 @@ def unpermute_from_gguf(weight: np.ndarray, heads: int) -> np.ndarray:
         weight.shape)
 
 
+def hf_tensors_from_gguf(reader, config: dict, hf_names: list[str]) -> dict[str, np.ndarray]:
+    """The inverse of the export: every tensor of a GGUF reader dequantized to float32, under its Hugging Face
+    name, with llama's q/k rows put back into Hugging Face's rotary layout."""
+    import gguf
+
+    to_hf = {gguf_name: hf_name for hf_name, gguf_name in gguf_names(config, hf_names).items()}
+    heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads", config["num_attention_heads"])
+    tensors = {}
+    for tensor in reader.tensors:
+        if tensor.name not in to_hf:
+            raise GgufExportError(f"unexpected tensor {tensor.name}")
+        data = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
+        data = data.reshape(tuple(int(d) for d in reversed(tensor.shape)))
+        hf_name = to_hf[tensor.name]
+        if config["model_type"] == "llama" and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
+            data = unpermute_from_gguf(data, heads if "q_proj" in hf_name else kv_heads)
+        tensors[hf_name] = np.ascontiguousarray(data)
+    return tensors
+
+
 def gguf_names(config: dict, hf_names: list[str]) -> dict[str, str]:
     """HF tensor name -> GGUF tensor name, through llama.cpp's own name map."""
     import gguf

@@ -1,17 +1,14 @@
 """GGUF as a source: a `.gguf` file (llama or qwen2, byte-level BPE) becomes a Hugging Face–layout directory
 (config.json, float32 safetensors, tokenizer.json with its chat template) that the convert step can take.
 
-The inverse of `gguf_export.py`: tensors are dequantized with `gguf.quants`, renamed through llama.cpp's name map,
-and llama's q/k rows are put back into Hugging Face's rotary layout.
+The inverse of `gguf_export.py`; its tensors come from `gguf_export.hf_tensors_from_gguf`, which validation uses too.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
-
-from tasks.gguf_export import ARCHITECTURES, gguf_names, unpermute_from_gguf
+from tasks.gguf_export import ARCHITECTURES, GgufExportError, hf_tensors_from_gguf
 
 
 class GgufImportError(Exception):
@@ -59,18 +56,10 @@ def import_gguf(path: Path, out: Path) -> Path:
         "tie_word_embeddings": "output.weight" not in names, "torch_dtype": "float32", "hidden_act": "silu",
     }
     wanted = [n for n in hf_tensor_names(config) if not (config["tie_word_embeddings"] and n == "lm_head.weight")]
-    to_hf = {gguf_name: hf_name for hf_name, gguf_name in gguf_names(config, wanted).items()}
-    tensors = {}
-    for tensor in reader.tensors:
-        if tensor.name not in to_hf:
-            raise GgufImportError(f"{path}: unexpected tensor {tensor.name}")
-        data = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
-        data = data.reshape(tuple(int(d) for d in reversed(tensor.shape)))
-        hf_name = to_hf[tensor.name]
-        if arch == "llama" and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
-            heads = config["num_attention_heads"] if "q_proj" in hf_name else config["num_key_value_heads"]
-            data = unpermute_from_gguf(data, heads)
-        tensors[hf_name] = np.ascontiguousarray(data)
+    try:
+        tensors = hf_tensors_from_gguf(reader, config, wanted)
+    except GgufExportError as exc:
+        raise GgufImportError(f"{path}: {exc}") from None
     missing = sorted(set(wanted) - set(tensors))
     if missing:
         raise GgufImportError(f"{path}: missing tensors {', '.join(missing[:5])}")
