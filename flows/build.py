@@ -92,17 +92,26 @@ def _build_if_changed(path: Path, registry: Registry, specs_dir: str) -> dict[st
     try:
         loaded = load_spec(path)
     except SpecError as exc:
-        return {"spec": path.name, "formats": "", "gates": "", "version": "", "status": "invalid", "detail": str(exc)}
+        return invalid_row(path.name, exc)
     current = _current_version(loaded, registry)
     if current is not None:
         return {"spec": loaded.spec.name, "formats": ", ".join(current.formats), "gates": "passed",
                 "version": current.ref, "status": "up to date", "detail": ""}
-    state = build_model(spec=str(path), specs_dir=specs_dir, return_state=True)
+    return build_row(loaded.spec.name, str(path), specs_dir)
+
+
+def build_row(name: str, spec: str, specs_dir: str) -> dict[str, Any]:
+    """Run build_model as a (sub)flow and describe its outcome as one summary row."""
+    state = build_model(spec=spec, specs_dir=specs_dir, return_state=True)
     if state.is_failed():
-        error = state.result(raise_on_failure=False)
-        return {"spec": loaded.spec.name, "formats": ", ".join(f.key for f in loaded.spec.formats), "gates": "failed",
-                "version": "", "status": "failed", "detail": str(error)}
-    return {**state.result(), "detail": ""}
+        return {"spec": name, "formats": "", "gates": "failed", "version": "", "status": "failed",
+                "detail": str(state.result(raise_on_failure=False))}
+    row = state.result()
+    return {**row, "formats": ", ".join(row["formats"]), "detail": ""}
+
+
+def invalid_row(spec: str, error: SpecError) -> dict[str, Any]:
+    return {"spec": spec, "formats": "", "gates": "", "version": "", "status": "invalid", "detail": str(error)}
 
 
 def _current_version(loaded: LoadedSpec, registry: Registry):

@@ -21,18 +21,13 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
 def build_one_row(spec: str, specs_dir: str) -> dict[str, Any]:
-    from flows.build import build_model
+    from flows.build import build_row, invalid_row
 
     try:
         name = load_spec(find_spec(spec, specs_dir)).spec.name
     except SpecError as exc:
-        return {"spec": spec, "formats": "", "gates": "", "version": "", "status": "invalid", "detail": str(exc)}
-    state = build_model(spec=spec, specs_dir=specs_dir, return_state=True)
-    if state.is_failed():
-        return {"spec": name, "formats": "", "gates": "failed", "version": "", "status": "failed",
-                "detail": str(state.result(raise_on_failure=False))}
-    row = state.result()
-    return {**row, "formats": ", ".join(row["formats"]), "detail": ""}
+        return invalid_row(spec, exc)
+    return build_row(name, spec, specs_dir)
 
 
 def build_all_rows(specs_dir: str) -> list[dict[str, Any]]:
