@@ -88,6 +88,8 @@ class GgufFormat(Strict):
 class CoremlFormat(Strict):
     precision: Literal["float16", "float32"] = "float16"
     compress: Literal["none", "int8", "palettize4"] = "none"
+    # The KV cache states are sized for this many tokens (capped at the model's max_position_embeddings).
+    context_length: int = Field(2048, ge=16, le=131072)
 
     @property
     def key(self) -> str:

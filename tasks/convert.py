@@ -1,5 +1,5 @@
 """Convert step: one declared format of a source model into a directory: MLX through mlx-lm's own conversion API,
-GGUF through `tasks/gguf_export.py`.
+GGUF through `tasks/gguf_export.py`, Core ML through `tasks/coreml_export.py`.
 
 Outputs are content-addressed (`runs/convert/<digest>-<format key>/`): the digest covers the source's identity, the
 format's options and the converter's version, so an unchanged rebuild finds the output instead of converting.
@@ -20,16 +20,12 @@ from prefect.logging import get_run_logger
 
 from factory.spec import FormatEntry, MlxFormat
 from tasks.caching import content_key
+from tasks.coreml_export import export_coreml
 from tasks.download import SourceSnapshot
-from tasks.gguf_export import QTYPES as GGUF_TYPES
 from tasks.gguf_export import export_gguf
 
 HEAVY = "factory-heavy"
 CONVERTER_VERSION = 2  # bump when this module's output changes for the same inputs
-
-
-class UnsupportedFormat(Exception):
-    """The spec declares a format this factory cannot produce yet."""
 
 
 class ConversionFailed(Exception):
@@ -64,17 +60,16 @@ def convert_format(source: SourceSnapshot, entry: FormatEntry, runs_dir: str) ->
                              identity=artifact_identity(source, entry), source=source.path)
     if out.exists():
         return artifact
-    if entry.coreml is not None or (entry.gguf is not None and entry.gguf.type not in GGUF_TYPES):
-        raise UnsupportedFormat(f"{entry.key}: this export is not implemented yet (available: MLX formats and GGUF "
-                                f"{', '.join(GGUF_TYPES)}); remove it from the spec's formats")
     staging = out.with_name(f"{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     with concurrency(HEAVY, occupy=1):
         try:
             if entry.mlx is not None:
                 convert_mlx(Path(source.path), entry.mlx, staging)
-            else:
+            elif entry.gguf is not None:
                 staging.mkdir(parents=True)
                 export_gguf(Path(source.path), staging / f"model-{entry.gguf.type}.gguf", entry.gguf.type)
+            else:
+                export_coreml(Path(source.path), staging, entry.coreml)
             os.rename(staging, out)  # whole outputs only: a killed conversion never looks finished
         finally:
             shutil.rmtree(staging, ignore_errors=True)

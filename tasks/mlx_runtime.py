@@ -1,7 +1,7 @@
 """What validation needs from MLX: load an artifact, render its chat template, generate greedily, measure.
 
-Kept apart from the report logic in `validate.py` so another runtime (llama.cpp for GGUF) can offer the same four
-functions.
+Kept apart from the report logic in `validate.py` so another runtime (the Core ML program evaluator,
+`tasks/coreml_runtime.py`) can offer the same four functions.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class LoadedModel:
         import mlx.nn as nn
 
         total, count = 0.0, 0
-        for text in self._eval_texts(eval_file):
+        for text in eval_texts(self.tokenizer, eval_file):
             tokens = self.tokenizer.encode(text)
             if len(tokens) < 2:
                 continue
@@ -59,22 +59,24 @@ class LoadedModel:
             raise ValueError(f"{eval_file} has no example of two or more tokens")
         return math.exp(total / count)
 
-    def _eval_texts(self, eval_file: Path):
-        for number, line in enumerate(eval_file.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if "text" in row:
-                yield row["text"]
-            elif "messages" in row:
-                yield self.tokenizer.apply_chat_template(row["messages"], tokenize=False)
-            elif "prompt" in row and "completion" in row:
-                yield row["prompt"] + row["completion"]
-            else:
-                raise ValueError(f"{eval_file}:{number}: expected a 'text', 'messages' or 'prompt'+'completion' row")
-
     def release(self) -> None:
         import mlx.core as mx
 
         self.model = self.tokenizer = None
         mx.clear_cache()
+
+
+def eval_texts(tokenizer, eval_file: Path):
+    """The texts of an evaluation JSONL file (`text`, chat `messages`, or `prompt` + `completion` rows)."""
+    for number, line in enumerate(eval_file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if "text" in row:
+            yield row["text"]
+        elif "messages" in row:
+            yield tokenizer.apply_chat_template(row["messages"], tokenize=False)
+        elif "prompt" in row and "completion" in row:
+            yield row["prompt"] + row["completion"]
+        else:
+            raise ValueError(f"{eval_file}:{number}: expected a 'text', 'messages' or 'prompt'+'completion' row")

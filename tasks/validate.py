@@ -18,11 +18,16 @@ from factory.storage import sha256_file
 from tasks.caching import content_key
 from tasks.checks import check, expectation_failure
 from tasks.convert import BuiltArtifact
+from tasks.coreml_check import validate_coreml
 from tasks.gguf_check import validate_gguf
 from tasks.mlx_runtime import LoadedModel
 
-VALIDATOR_VERSION = 2
-GGUF_SPEED_NOTE = "not measured: GGUF runs on llama.cpp, which is not installed here"
+VALIDATOR_VERSION = 3
+# GGUF and Core ML checks run the artifact's weights in a stand-in (mlx-lm; coremltools' program evaluator), whose
+# speed and memory say nothing about the artifact's own runtime.
+SPEED_NOTES = {"gguf": "not measured: the prompts ran the GGUF's weights in mlx-lm, not in llama.cpp",
+               "coreml": "not measured: the prompts ran the saved program in coremltools' evaluator, not in Core ML"}
+FORMAT_VALIDATORS = {"gguf": validate_gguf, "coreml": validate_coreml}
 SPEED_PROMPT = [{"role": "user", "content": "Count from one to twenty."}]
 SPEED_TOKENS = 32
 
@@ -36,11 +41,13 @@ def _validate_key(context, parameters) -> str:
 
 @task(cache_key_fn=_validate_key, persist_result=True, task_run_name="validate {artifact.key}")
 def validate_artifact(artifact: BuiltArtifact, checks: Validate, spec_dir: str) -> dict[str, Any]:
-    if artifact.family == "gguf":
-        results, model = validate_gguf(Path(artifact.path), Path(artifact.source))
-        if model is not None:  # the GGUF's own weights, dequantized into the source's mlx-lm model
+    if artifact.family in FORMAT_VALIDATORS:
+        # Structure and numerics against the source first; then the common checks on a model that runs the
+        # artifact's own weights (GGUF: dequantized into mlx-lm; Core ML: the saved program itself).
+        results, model = FORMAT_VALIDATORS[artifact.family](Path(artifact.path), Path(artifact.source))
+        if model is not None:
             try:
-                results += _run_checks(model, checks, Path(spec_dir), speed_note=GGUF_SPEED_NOTE)
+                results += _run_checks(model, checks, Path(spec_dir), speed_note=SPEED_NOTES[artifact.family])
             finally:
                 model.release()
         return {"format": artifact.key, "passed": all(c["passed"] for c in results), "checks": results}

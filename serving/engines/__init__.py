@@ -21,7 +21,7 @@ def apple_silicon() -> bool:
     return platform.system() == "Darwin" and platform.machine() == "arm64"
 
 
-GGUF_PREFERENCE = ["gguf-q4_0", "gguf-q8_0", "gguf-f16"]  # q4_0 is repacked for AVX-512 at load: fastest on x86
+GGUF_PREFERENCE = ["gguf-q4_0", "gguf-q4_k_m", "gguf-q8_0", "gguf-f16"]  # q4_0 is repacked for AVX-512 at load: fastest on x86
 
 
 def select_artifact(version: Version, engine: str = "auto") -> tuple[type[Engine], str]:

@@ -46,9 +46,15 @@ def _engine_name(version, serve: dict) -> str | None:
     return "llamacpp" if engine.family == "gguf" else engine.family
 
 
+COREML_COMPRESSION = {"int8": "8-bit linear", "palettize4": "4-bit palettized"}
+
+
 def _quantization(format_key: str) -> str:
-    """`mlx-q4-g64` -> `4-bit, group 64`; float formats -> their dtype."""
+    """`mlx-q4-g64` -> `4-bit, group 64`; `coreml-float16-palettize4` -> `4-bit palettized, float16`; float formats
+    -> their dtype."""
     parts = format_key.split("-")[1:]
+    if format_key.startswith("coreml-") and len(parts) == 2:
+        return f"{COREML_COMPRESSION.get(parts[1], parts[1])}, {parts[0]}"
     if parts and parts[0].startswith("q") and parts[0][1:].isdigit():
         group = f", group {parts[1][1:]}" if len(parts) > 1 and parts[1].startswith("g") else ""
         return f"{parts[0][1:]}-bit{group}"

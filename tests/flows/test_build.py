@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -117,11 +118,31 @@ def test_a_corrupted_hub_file_fails_verification_and_publishes_nothing(tmp_path,
     assert registry().list() == []
 
 
-def test_an_unsupported_format_fails_with_its_reason(tmp_path, factory_root, local_hub):
-    spec = hub_spec(tmp_path, formats=[{"mlx": {"dtype": "float16"}}, {"coreml": {"precision": "float16"}}])
+def test_core_ml_packages_are_built_validated_and_published(tmp_path, factory_root, local_hub):
+    formats = [{"mlx": {"dtype": "float16"}}, {"coreml": {"precision": "float16", "compress": "palettize4",
+                                                          "context_length": 256}}]
+    state = build_model(spec=str(hub_spec(tmp_path, formats=formats)), return_state=True)
+    assert state.is_completed(), state.message
+    version = registry().resolve("tiny")
+    assert version.formats == ["coreml-float16-palettize4", "mlx-float16"]
+    package = version.artifact("coreml-float16-palettize4")
+    assert (package / "model.mlpackage" / "Manifest.json").is_file() and (package / "tokenizer.json").is_file()
+    [report] = [r for r in version.manifest()["report"]["formats"] if r["format"] == "coreml-float16-palettize4"]
+    checks = {c["name"]: c for c in report["checks"]}
+    assert {"kv_states", "weight_bytes", "argmax_agreement", "chat_template", "prompt[0]", "perplexity"} <= set(checks)
+    assert 1 < checks["perplexity"]["value"] < 1e6  # computed by the saved program itself
+
+
+def test_an_architecture_a_format_cannot_export_fails_with_its_reason(tmp_path, factory_root, tiny_model):
+    source = tmp_path / "gemma"
+    shutil.copytree(tiny_model, source)
+    config = json.loads((source / "config.json").read_text()) | {"model_type": "gemma"}
+    (source / "config.json").write_text(json.dumps(config))
+    spec = write_spec(tmp_path / "specs", {"name": "gemma", "source": {"local": "../gemma"},
+                                           "formats": [{"coreml": {"precision": "float16"}}]})
     state = build_model(spec=str(spec), return_state=True)
     assert state.is_failed()
-    assert "coreml-float16: this export is not implemented yet" in str(state.result(raise_on_failure=False))
+    assert "Core ML export supports llama, qwen2, not model_type 'gemma'" in str(state.result(raise_on_failure=False))
     assert registry().list() == []
 
 
