@@ -12,7 +12,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import shutil
 import warnings
 from pathlib import Path
@@ -22,13 +21,14 @@ from factory.spec import CoremlFormat
 PACKAGE = "model.mlpackage"
 TOKENIZER_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                    "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt")
-PALETTE_GROUP = 16  # output channels sharing one 16-entry look-up table
+# Output channels sharing one 16-entry look-up table, as in Apple's LLM examples. Each group is one k-means run, so
+# palettizing a 0.5B model takes many minutes on 2 cores (9 min with groups of 32 and two worker processes).
+PALETTE_GROUP = 16
 
 
 def quiet_coremltools():
     """Import coremltools without its Linux noise (the macOS-only runtime it cannot load, the untested-torch note)."""
     logging.getLogger("coremltools").setLevel(logging.ERROR)
-    os.environ.setdefault("TQDM_DISABLE", "1")  # its progress bars would flood the flow's logs
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import coremltools
@@ -94,6 +94,8 @@ def compress(mlmodel, method: str):
     else:
         op_config = cto.OpPalettizerConfig(mode="kmeans", nbits=4, granularity="per_grouped_channel",
                                            group_size=PALETTE_GROUP)
+        # One process: coremltools' k-means workers are forked, and a fork of this multi-threaded process (Prefect
+        # runs tasks on threads) deadlocked in scikit-learn's OpenMP pool.
     # Only the weights of projections and the embedding: a global config would also compress constant tables
     # such as the rotary sin/cos (whose all-zero first row turns into NaN under per-channel scaling).
     config = cto.OptimizationConfig(op_type_configs={"linear": op_config, "gather": op_config})

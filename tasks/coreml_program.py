@@ -5,7 +5,8 @@ op's own `value_inference` — the numpy semantics coremltools uses for constant
 program itself, weights and compression included. Three things need help: inputs with flexible shapes (each value's
 type is re-bound to its concrete shape), the state ops (`read_state` / `coreml_update_state` read and write a
 dictionary of arrays), and the few ops without value inference (activations), done in numpy here. Matrix products
-run in float32 and are rounded back to the program's dtype, which is far faster than numpy's float16 arithmetic.
+run in float32 (weights converted once) and are rounded back to the program's dtype: numpy's float16 arithmetic has
+no BLAS and is far slower.
 """
 from __future__ import annotations
 
@@ -16,30 +17,30 @@ import numpy as np
 from tasks.coreml_export import PACKAGE, quiet_coremltools
 
 
-def _silu(op):
-    x = op.x.val.astype(np.float32)
+def _silu(op, f32):
+    x = f32(op.x)
     return x / (1.0 + np.exp(-x))
 
 
-def _gelu(op):
-    x = op.x.val.astype(np.float32)
+def _gelu(op, f32):
+    x = f32(op.x)
     return 0.5 * x * (1.0 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
 
 
-def _linear(op):
-    out = op.x.val.astype(np.float32) @ op.weight.val.astype(np.float32).T
-    return out if op.bias is None else out + op.bias.val.astype(np.float32)
+def _linear(op, f32):
+    out = f32(op.x) @ f32(op.weight).T
+    return out if op.bias is None else out + f32(op.bias)
 
 
-def _matmul(op):
-    x, y = op.x.val.astype(np.float32), op.y.val.astype(np.float32)
+def _matmul(op, f32):
+    x, y = f32(op.x), f32(op.y)
     x = np.swapaxes(x, -1, -2) if op.transpose_x.val else x
     y = np.swapaxes(y, -1, -2) if op.transpose_y.val else y
     return x @ y
 
 
 NUMPY_OPS = {"silu": _silu, "gelu": _gelu, "linear": _linear, "matmul": _matmul,
-             "shape": lambda op: np.array(op.x.val.shape, dtype=np.int32)}
+             "shape": lambda op, f32: np.array(op.x.val.shape, dtype=np.int32)}
 
 
 class CoremlProgram:
@@ -61,7 +62,10 @@ class CoremlProgram:
         for op in [op for op in self.operations if op.op_type.startswith("constexpr_")]:
             _bind_outputs(op, op.materialized_val_inference())
             self.operations.remove(op)
-        self.state_names = [state.name for state in self.spec.description.state]
+        evaluated = {id(op) for op in self.operations}
+        self.constants = {var.name for op in self.function.operations if id(op) not in evaluated
+                          for var in op.outputs}
+        self.float32: dict[str, np.ndarray] = {}  # weights, converted once rather than on every call
         self.states: dict[str, np.ndarray] = {}
         self.reset()
 
@@ -85,11 +89,19 @@ class CoremlProgram:
             elif op.op_type == "coreml_update_state":
                 self.states[op.state.name] = result = op.value.val
             elif op.op_type in NUMPY_OPS:
-                result = NUMPY_OPS[op.op_type](op)
+                result = NUMPY_OPS[op.op_type](op, self._float32)
             else:
                 result = op.value_inference()
             _bind_outputs(op, result)
         return {var.name: np.asarray(var.val) for var in self.function.outputs}
+
+
+    def _float32(self, var) -> np.ndarray:
+        if var.name not in self.constants:
+            return var.val.astype(np.float32)
+        if var.name not in self.float32:
+            self.float32[var.name] = var.val.astype(np.float32)
+        return self.float32[var.name]
 
 
 def _bind_outputs(op, result) -> None:

@@ -222,3 +222,11 @@ def test_a_gguf_file_as_source_builds_mlx_formats(tmp_path, factory_root, tiny_m
     (tmp_path / "tiny-q8_0.gguf.txt").write_bytes(gguf.read_bytes())
     state = build_model(spec=str(unknown), return_state=True)
     assert state.is_failed() and "tiny-q8_0.gguf.txt: not a model file" in str(state.result(raise_on_failure=False))
+
+    (tmp_path / "truncated.gguf").write_bytes(gguf.read_bytes()[: gguf.stat().st_size // 3])
+    truncated = write_spec(tmp_path / "specs", {"name": "truncated", "source": {"local": "../truncated.gguf"},
+                                                "formats": [{"mlx": {"dtype": "float16"}}]})
+    state = build_model(spec=str(truncated), return_state=True)
+    assert state.is_failed() and "truncated.gguf is not a readable GGUF file" in str(
+        state.result(raise_on_failure=False))
+    assert [v.name for v in registry().list()] == ["from-gguf"]  # neither bad source published anything

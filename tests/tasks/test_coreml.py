@@ -76,7 +76,7 @@ def test_the_torch_decoder_matches_mlx_lm_and_its_cache_matches_a_full_pass(tmp_
     reference = mlx_logits(source, tokens)
     # float16 KV cache: ~1e-4 of logits of size ~0.6
     assert np.abs(full - reference).max() < 2e-3 * np.abs(reference).max()
-    assert np.abs(np.concatenate([first, rest]) - full).max() < 1e-5
+    assert np.abs(np.concatenate([first, rest]) - full).max() < 1e-4  # float32: only summation order differs
 
 
 def test_every_precision_and_compression_passes_validation(exports, tiny_model):
