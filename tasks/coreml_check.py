@@ -106,8 +106,9 @@ def numeric_checks(model: CoremlLanguageModel, source: Path, key: str) -> list[d
             check("logit_error", error <= max_error, round(error, 5), f"{key}: max {max_error} of the largest logit")]
 
 
-def predict_check(package: Path) -> dict[str, Any]:
-    """On macOS, Core ML itself loads the package and predicts one step; elsewhere there is no Core ML runtime."""
+def predict_check(package: Path, precision: str) -> dict[str, Any]:
+    """On macOS, Core ML itself loads the package and predicts one step; elsewhere there is no Core ML runtime.
+    (Written to Core ML's documented API but never run here: these machines are Linux.)"""
     if sys.platform != "darwin":
         return check("predict", True, None, "not run: Core ML predicts on macOS only")
     ct = quiet_coremltools()
@@ -115,7 +116,7 @@ def predict_check(package: Path) -> dict[str, Any]:
         model = ct.models.MLModel(str(package))
         state = model.make_state()
         logits = model.predict({"input_ids": np.array([[1, 2]], dtype=np.int32),
-                                "causal_mask": np.array([[[[0, -np.inf], [0, 0]]]], dtype=np.float16)}, state)["logits"]
+                                "causal_mask": np.array([[[[0, -np.inf], [0, 0]]]], dtype=precision)}, state)["logits"]
     except Exception as exc:  # Core ML refusing the package is a failed check
         return check("predict", False, detail=f"{type(exc).__name__}: {exc}")
     return check("predict", bool(np.isfinite(logits).all()), list(np.shape(logits)))
@@ -145,5 +146,5 @@ def validate_coreml(artifact_dir: Path, source: Path) -> tuple[list[dict[str, An
         results += numeric_checks(model, source, key)
     except Exception as exc:  # a program that cannot be evaluated fails validation; it must not crash the build
         return results + [check("evaluates", False, detail=f"{type(exc).__name__}: {exc}")], None
-    results.append(predict_check(package))
+    results.append(predict_check(package, metadata["llm_factory.precision"]))
     return results, model
