@@ -74,7 +74,7 @@ class MlxFormat(Strict):
         if self.quantize is None:
             return f"mlx-{self.dtype or 'float16'}"
         q = self.quantize
-        return f"mlx-mxfp4" if q.mode == "mxfp4" else f"mlx-q{q.bits}-g{q.group_size}"
+        return "mlx-mxfp4" if q.mode == "mxfp4" else f"mlx-q{q.bits}-g{q.group_size}"
 
 
 class GgufFormat(Strict):

@@ -1,8 +1,6 @@
 """`factory deploy` registers prefect.yaml's deployments; a worker runs one and the version is published."""
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +10,7 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from factory.registry import NotFound, Registry
+from tests.fixtures.processes import stop_process_group
 from tests.flows.helpers import write_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +46,6 @@ def test_deploy_then_run_build_model_on_a_worker_publishes(tmp_path, factory_roo
         else:
             pytest.fail("the deployment run published nothing; worker log:\n" + (tmp_path / "worker.log").read_text())
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(timeout=30)
+        stop_process_group(worker)
     assert version.ref == "deployed@1" and version.flow_run_id
     assert registry.verify("deployed@1") == []

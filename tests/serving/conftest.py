@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pytest
 
 from factory.registry import Registry
 from factory.services import free_port
+from tests.fixtures.processes import stop_process_group
 from tests.fixtures.tiny_model import make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,11 +89,7 @@ def start_server(root: Path, artifact: Path, format_key: str = "mlx-float16", **
 
 
 def stop_server(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+    stop_process_group(process)
 
 
 @pytest.fixture(scope="session")

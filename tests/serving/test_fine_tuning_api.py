@@ -3,7 +3,6 @@ chat with the fine-tuned model. Also: malformed uploads, failed gates and cancel
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 
 from tests.fixtures.memorise import MEMORISING, PAIRS, probes, training_jsonl
+from tests.fixtures.processes import stop_process_group
 from tests.serving.conftest import start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,8 +36,7 @@ def stack(tmp_path_factory, tiny_mlx, prefect_server):
     server = start_server(root, tiny_mlx)
     yield server
     stop_server(server.process)
-    os.killpg(worker.pid, signal.SIGTERM)
-    worker.wait(timeout=30)
+    stop_process_group(worker)
 
 
 def wait_for(client, job_id, statuses, timeout=240):
