@@ -31,7 +31,10 @@ class BuildFailed(Exception):
     """A build that must not publish: a validation check or gate failed."""
 
 
-@flow(name="build-model", flow_run_name="build {spec}", task_runner=ThreadPoolTaskRunner(max_workers=4))
+# persist_result: build_all reads each build's row from the subflow's state, and a state the engine had to re-read
+# from the API (seen once under load) carries no data unless the result was persisted.
+@flow(name="build-model", flow_run_name="build {spec}", task_runner=ThreadPoolTaskRunner(max_workers=4),
+      persist_result=True)
 def build_model(spec: str, specs_dir: str = "specs") -> dict[str, Any]:
     """Build one spec (a path, or a spec name looked up in `specs_dir`) and publish it if it passes validation."""
     loaded = load_spec(find_spec(spec, specs_dir))
