@@ -26,6 +26,14 @@ TOKENIZER_FILES = ("config.json", "generation_config.json", "tokenizer.json", "t
 PALETTE_GROUP = 16
 
 
+def attention_mask(past: int, length: int):
+    """The package's `causal_mask` input for `length` new tokens after `past` cached ones, (1, 1, length,
+    past + length): 0 where a token may attend (the cache, the tokens before it, itself), -inf after."""
+    import numpy as np
+
+    return np.triu(np.full((length, past + length), -np.inf, dtype=np.float32), k=past + 1)[None, None]
+
+
 def quiet_coremltools():
     """Import coremltools without its Linux noise (the macOS-only runtime it cannot load, the untested-torch note)."""
     logging.getLogger("coremltools").setLevel(logging.ERROR)
@@ -54,7 +62,7 @@ def export_coreml(source: Path, out: Path, options: CoremlFormat) -> Path:
         traced = torch.jit.trace(model, example)
         mlmodel = convert(ct, traced, tuple(model.key_cache.shape), context, options.precision)
         mlmodel = compress(mlmodel, options.compress)
-    describe(mlmodel, source, config, context, options)
+    describe(mlmodel, config, context, options)
 
     out.mkdir(parents=True, exist_ok=True)
     package = out / PACKAGE
@@ -91,22 +99,21 @@ def compress(mlmodel, method: str):
 
     if method == "int8":
         op_config = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel")
+        apply = cto.linear_quantize_weights
     else:
         op_config = cto.OpPalettizerConfig(mode="kmeans", nbits=4, granularity="per_grouped_channel",
                                            group_size=PALETTE_GROUP)
+        apply = cto.palettize_weights
         # One process: coremltools' k-means workers are forked, and a fork of this multi-threaded process (Prefect
         # runs tasks on threads) deadlocked in scikit-learn's OpenMP pool.
     # Only the weights of projections and the embedding: a global config would also compress constant tables
     # such as the rotary sin/cos (whose all-zero first row turns into NaN under per-channel scaling).
-    config = cto.OptimizationConfig(op_type_configs={"linear": op_config, "gather": op_config})
-    if method == "int8":
-        return cto.linear_quantize_weights(mlmodel, config)
-    return cto.palettize_weights(mlmodel, config)
+    return apply(mlmodel, cto.OptimizationConfig(op_type_configs={"linear": op_config, "gather": op_config}))
 
 
-def describe(mlmodel, source: Path, config: dict, context: int, options: CoremlFormat) -> None:
+def describe(mlmodel, config: dict, context: int, options: CoremlFormat) -> None:
     """What an app needs to drive the program, in the package's own metadata."""
-    mlmodel.short_description = f"{config['model_type']} causal LM from {source.name}, stateful KV cache"
+    mlmodel.short_description = f"{config['model_type']} causal LM, stateful KV cache of {context} tokens"
     mlmodel.input_description["input_ids"] = "new token ids, shape (1, S), 1 <= S <= context length"
     mlmodel.input_description["causal_mask"] = ("(1, 1, S, P + S): 0 where a token may attend, -inf elsewhere; "
                                                 "P = tokens already in the cache")

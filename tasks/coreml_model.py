@@ -179,6 +179,7 @@ def load_causal_lm(source: Path, context_length: int) -> StatefulCausalLM:
 
 
 def causal_mask(past: int, length: int) -> torch.Tensor:
-    """The mask for `length` new tokens after `past` cached ones: 0 where a token may attend, -inf where not."""
-    mask = torch.full((length, past + length), float("-inf"))
-    return torch.triu(mask, diagonal=past + 1)[None, None]
+    """The package's mask input (`tasks.coreml_export.attention_mask`) as a tensor, for tracing and tests."""
+    from tasks.coreml_export import attention_mask
+
+    return torch.from_numpy(attention_mask(past, length))

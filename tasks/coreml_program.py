@@ -95,7 +95,6 @@ class CoremlProgram:
             _bind_outputs(op, result)
         return {var.name: np.asarray(var.val) for var in self.function.outputs}
 
-
     def _float32(self, var) -> np.ndarray:
         if var.name not in self.constants:
             return var.val.astype(np.float32)

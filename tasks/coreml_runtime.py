@@ -6,18 +6,13 @@ evaluator, not in Core ML.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
 from tasks.coreml_program import CoremlProgram
-from tasks.mlx_runtime import eval_texts
-
-
-def attention_mask(past: int, length: int) -> np.ndarray:
-    """(1, 1, length, past + length): 0 where a new token may attend (the cache and itself and before), -inf after."""
-    return np.triu(np.full((length, past + length), -np.inf, dtype=np.float32), k=past + 1)[None, None]
+from tasks.coreml_export import attention_mask
+from tasks.mlx_runtime import perplexity
 
 
 class CoremlLanguageModel:
@@ -68,18 +63,12 @@ class CoremlLanguageModel:
         return self.tokenizer.decode(generated), 0.0, 0.0
 
     def perplexity(self, eval_file: Path) -> float:
-        total, count = 0.0, 0
-        for text in eval_texts(self.tokenizer, eval_file):
-            tokens = self.tokenizer.encode(text)[: self.context]
-            if len(tokens) < 2:
-                continue
+        def summed_nll(tokens: list[int]) -> float:
             logits = self.logits(tokens[:-1])
             log_probs = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
-            total -= float(log_probs[np.arange(len(tokens) - 1), tokens[1:]].sum())
-            count += len(tokens) - 1
-        if count == 0:
-            raise ValueError(f"{eval_file} has no example of two or more tokens")
-        return math.exp(total / count)
+            return -float(log_probs[np.arange(len(tokens) - 1), tokens[1:]].sum())
+
+        return perplexity(self.tokenizer, eval_file, summed_nll, max_tokens=self.context)
 
     def release(self) -> None:
         self.program = self.tokenizer = None

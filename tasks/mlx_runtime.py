@@ -45,19 +45,12 @@ class LoadedModel:
         import mlx.core as mx
         import mlx.nn as nn
 
-        total, count = 0.0, 0
-        for text in eval_texts(self.tokenizer, eval_file):
-            tokens = self.tokenizer.encode(text)
-            if len(tokens) < 2:
-                continue
+        def summed_nll(tokens: list[int]) -> float:
             inputs = mx.array(tokens)[None]
             logits = self.model(inputs[:, :-1]).astype(mx.float32)
-            losses = nn.losses.cross_entropy(logits, inputs[:, 1:], reduction="sum")
-            total += losses.item()
-            count += len(tokens) - 1
-        if count == 0:
-            raise ValueError(f"{eval_file} has no example of two or more tokens")
-        return math.exp(total / count)
+            return nn.losses.cross_entropy(logits, inputs[:, 1:], reduction="sum").item()
+
+        return perplexity(self.tokenizer, eval_file, summed_nll)
 
     def release(self) -> None:
         import mlx.core as mx
@@ -80,3 +73,18 @@ def eval_texts(tokenizer, eval_file: Path):
             yield row["prompt"] + row["completion"]
         else:
             raise ValueError(f"{eval_file}:{number}: expected a 'text', 'messages' or 'prompt'+'completion' row")
+
+
+def perplexity(tokenizer, eval_file: Path, summed_nll, max_tokens: int | None = None) -> float:
+    """exp(mean token negative log-likelihood) over the texts of `eval_file`, each cut to `max_tokens`;
+    `summed_nll(tokens)` returns the summed NLL of tokens[1:], each given the tokens before it."""
+    total, count = 0.0, 0
+    for text in eval_texts(tokenizer, eval_file):
+        tokens = tokenizer.encode(text)[:max_tokens]
+        if len(tokens) < 2:
+            continue
+        total += summed_nll(tokens)
+        count += len(tokens) - 1
+    if count == 0:
+        raise ValueError(f"{eval_file} has no example of two or more tokens")
+    return math.exp(total / count)
