@@ -104,7 +104,7 @@ def mlx_artifact(work: Path, source: Path, dtype: str) -> Path:
 
 
 def gguf_artifact(work: Path, source: Path, qtype: str) -> Path:
-    from tasks.gguf_export import export_gguf
+    from formats.gguf.export import export_gguf
 
     out = work / f"model-{qtype}.gguf"
     if not out.exists():

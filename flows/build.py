@@ -17,9 +17,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from factory.registry import Registry
 from factory.settings import Settings
 from factory.spec import LoadedSpec, SpecError, find_spec, load_spec
+from flows.caching import refreshed_if_missing
 from flows.finetune import finetune_model
 from flows.setup import ensure_heavy_limit
-from tasks.caching import refreshed_if_missing
 from tasks.convert import artifact_dir, convert_format, wait_for_conversions
 from tasks.download import download_source, source_revision
 from tasks.normalize import normalise_checkpoint

@@ -14,11 +14,12 @@ from typing import Any
 from prefect import flow, runtime
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from factory.content_keys import content_key
 from factory.registry import Registry, Version
 from factory.settings import Settings
 from factory.spec import FormatEntry, Validate
+from flows.caching import refreshed_if_missing
 from flows.setup import ensure_heavy_limit
-from tasks.caching import content_key, refreshed_if_missing
 from tasks.convert import BuiltArtifact, artifact_dir, convert_format, wait_for_conversions
 from tasks.download import snapshot_local
 from tasks.finetune import TrainingSettings, prepare_training_data, train_and_fuse

@@ -1,5 +1,5 @@
 """Convert step: one declared format of a source model into a directory: MLX through mlx-lm's own conversion API,
-GGUF through `tasks/gguf_export.py`, Core ML through `tasks/coreml_export.py`.
+GGUF through `formats/gguf/export.py`, Core ML through `formats/coreml/export.py`.
 
 Outputs are content-addressed (`runs/convert/<digest>-<format key>/`): the digest covers the source's identity, the
 format's options and the converter's version, so an unchanged rebuild finds the output instead of converting.
@@ -18,11 +18,11 @@ from prefect import task
 from prefect.concurrency.sync import concurrency
 from prefect.logging import get_run_logger
 
+from factory.content_keys import content_key
 from factory.spec import FormatEntry, MlxFormat
-from tasks.caching import content_key
-from tasks.coreml_export import export_coreml
+from formats.coreml.export import export_coreml
+from formats.gguf.export import export_gguf
 from tasks.download import SourceSnapshot
-from tasks.gguf_export import export_gguf
 
 HEAVY = "factory-heavy"
 CONVERTER_VERSION = 2  # bump when this module's output changes for the same inputs

@@ -18,10 +18,10 @@ from prefect import task
 from prefect.concurrency.sync import concurrency
 from prefect.logging import get_run_logger
 
+from factory.content_keys import content_key
 from factory.storage import sha256_file, write_durably
 from factory.training_data import TrainingData, parse_training_jsonl, split_train_valid
-from tasks.caching import content_key
-from tasks.checks import expectation_failure
+from formats.checks import expectation_failure
 from tasks.convert import HEAVY
 
 METHODS = ("lora", "dora", "qlora", "full")

@@ -4,7 +4,7 @@ The source's format is detected, not declared:
     hf        a folder with config.json and *.safetensors              passed through
     mlx-q     an mlx-lm folder with quantized weights                  dequantized by mlx-lm's convert
     pickle    a folder with config.json and *.bin / *.pt / *.pth        rewritten as safetensors
-    gguf      a .gguf file (or a folder holding just one)              imported by tasks/gguf_import.py
+    gguf      a .gguf file (or a folder holding just one)              imported by formats/gguf/importer.py
 Anything else is refused with an error naming the path. Pickles can run code when loaded and cannot be
 memory-mapped, so they never go further than this step: tensors are loaded with `weights_only=True`, and
 huggingface_hub's `save_torch_state_dict` drops shared (tied) duplicates, makes tensors contiguous and shards.
@@ -18,7 +18,7 @@ from pathlib import Path
 from prefect import task
 from prefect.logging import get_run_logger
 
-from tasks.caching import content_key
+from factory.content_keys import content_key
 from tasks.download import SourceSnapshot, snapshot_local
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
@@ -91,7 +91,7 @@ def normalise_checkpoint(snapshot: SourceSnapshot, runs_dir: str) -> SourceSnaps
 
 
 def _from_gguf(snapshot: SourceSnapshot, out: Path) -> None:
-    from tasks.gguf_import import GgufImportError, import_gguf
+    from formats.gguf.importer import GgufImportError, import_gguf
 
     path = Path(snapshot.path)
     file = path if path.is_file() else next(path / n for n in snapshot.files if n.endswith(".gguf"))

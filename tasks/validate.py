@@ -13,14 +13,14 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
+from factory.content_keys import content_key
 from factory.spec import Validate
 from factory.storage import sha256_file
-from tasks.caching import content_key
-from tasks.checks import check, expectation_failure
+from formats.checks import check, expectation_failure
+from formats.coreml.check import validate_coreml
+from formats.gguf.check import validate_gguf
+from formats.mlx_runtime import LoadedModel
 from tasks.convert import BuiltArtifact
-from tasks.coreml_check import validate_coreml
-from tasks.gguf_check import validate_gguf
-from tasks.mlx_runtime import LoadedModel
 
 VALIDATOR_VERSION = 3
 # GGUF and Core ML checks run the artifact's weights in a stand-in (mlx-lm; coremltools' program evaluator), whose

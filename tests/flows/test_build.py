@@ -210,7 +210,7 @@ def test_gguf_formats_are_exported_validated_and_published(tmp_path, factory_roo
 
 
 def test_a_gguf_file_as_source_builds_mlx_formats(tmp_path, factory_root, tiny_model):
-    from tasks.gguf_export import export_gguf
+    from formats.gguf.export import export_gguf
 
     gguf = export_gguf(tiny_model, tmp_path / "tiny-q8_0.gguf", "q8_0")
     spec = write_spec(tmp_path / "specs", {"name": "from-gguf", "source": {"local": "../tiny-q8_0.gguf"},

@@ -95,7 +95,7 @@ def stop_server(process: subprocess.Popen) -> None:
 @pytest.fixture(scope="session")
 def tiny_gguf(tmp_path_factory, tiny_model) -> Path:
     """The tiny model exported to GGUF (f16), as the pipeline's export step writes it."""
-    from tasks.gguf_export import export_gguf
+    from formats.gguf.export import export_gguf
 
     directory = tmp_path_factory.mktemp("gguf") / "gguf-f16"
     directory.mkdir()

@@ -4,8 +4,8 @@ from __future__ import annotations
 import time
 
 from factory.spec import CoremlFormat
+from formats.coreml.export import export_coreml
 from serving.engines import apple_silicon
-from tasks.coreml_export import export_coreml
 from tests.serving.conftest import SERVE
 
 

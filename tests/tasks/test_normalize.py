@@ -6,8 +6,8 @@ import shutil
 import pytest
 from mlx_lm import convert, load, stream_generate
 
+from formats.gguf.export import export_gguf
 from tasks.download import snapshot_local
-from tasks.gguf_export import export_gguf
 from tasks.normalize import UnsupportedSource, normalise_checkpoint, source_kind
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

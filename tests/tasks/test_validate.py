@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from factory.spec import Expect, Validate
+from formats.checks import expectation_failure
 from tasks.convert import BuiltArtifact
-from tasks.checks import expectation_failure
 from tasks.validate import failures, report_markdown, validate_artifact
 
 

@@ -8,8 +8,8 @@ import gguf
 import numpy as np
 import pytest
 
-from tasks.gguf_check import validate_gguf
-from tasks.gguf_export import GgufExportError, export_gguf, permute_for_gguf, unpermute_from_gguf
+from formats.gguf.check import validate_gguf
+from formats.gguf.export import GgufExportError, export_gguf, permute_for_gguf, unpermute_from_gguf
 from tests.fixtures.tiny_model import make_tiny_model
 
 

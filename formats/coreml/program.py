@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.coreml_export import PACKAGE, quiet_coremltools
+from formats.coreml.export import PACKAGE, quiet_coremltools
 
 
 def _silu(op, f32):

@@ -179,7 +179,7 @@ def load_causal_lm(source: Path, context_length: int) -> StatefulCausalLM:
 
 
 def causal_mask(past: int, length: int) -> torch.Tensor:
-    """The package's mask input (`tasks.coreml_export.attention_mask`) as a tensor, for tracing and tests."""
-    from tasks.coreml_export import attention_mask
+    """The package's mask input (`formats.coreml.export.attention_mask`) as a tensor, for tracing and tests."""
+    from formats.coreml.export import attention_mask
 
     return torch.from_numpy(attention_mask(past, length))

@@ -11,10 +11,10 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from factory.spec import CoremlFormat
-from tasks.coreml_check import validate_coreml
-from tasks.coreml_export import PACKAGE, export_coreml
-from tasks.coreml_model import UnsupportedArchitecture, causal_mask, load_causal_lm
-from tasks.coreml_runtime import CoremlLanguageModel
+from formats.coreml.check import validate_coreml
+from formats.coreml.export import PACKAGE, export_coreml
+from formats.coreml.model import UnsupportedArchitecture, causal_mask, load_causal_lm
+from formats.coreml.runtime import CoremlLanguageModel
 from tests.fixtures.tiny_model import make_tiny_model
 
 CONTEXT = 128

@@ -1,5 +1,5 @@
-"""What validation needs from a Core ML artifact, offered like `tasks/mlx_runtime.LoadedModel`: render the chat
-template, generate greedily, compute perplexity — all through the saved program itself (`tasks/coreml_program.py`)
+"""What validation needs from a Core ML artifact, offered like `formats/mlx_runtime.LoadedModel`: render the chat
+template, generate greedily, compute perplexity — all through the saved program itself (`formats/coreml/program.py`)
 and the tokenizer files exported next to it. Speed is not measured: here the program runs in coremltools' numpy
 evaluator, not in Core ML.
 """
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.coreml_program import CoremlProgram
-from tasks.coreml_export import attention_mask
-from tasks.mlx_runtime import perplexity
+from formats.coreml.export import attention_mask
+from formats.coreml.program import CoremlProgram
+from formats.mlx_runtime import perplexity
 
 
 class CoremlLanguageModel:

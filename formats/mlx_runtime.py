@@ -1,7 +1,7 @@
 """What validation needs from MLX: load an artifact, render its chat template, generate greedily, measure.
 
-Kept apart from the report logic in `validate.py` so another runtime (the Core ML program evaluator,
-`tasks/coreml_runtime.py`) can offer the same four functions.
+Kept apart from the report logic in `tasks/validate.py` so another runtime (the Core ML program evaluator,
+`formats/coreml/runtime.py`) can offer the same four functions.
 """
 from __future__ import annotations
 

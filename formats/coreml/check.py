@@ -1,5 +1,5 @@
 """Core ML validation on any host: inspect the package's spec (interface, states, deployment target, op counts,
-weight bytes), then evaluate the saved program itself (`tasks/coreml_program.py`) and compare its logits with the
+weight bytes), then evaluate the saved program itself (`formats/coreml/program.py`) and compare its logits with the
 source model's (run by mlx-lm, an independent implementation) on fixed prompts, each fed in two calls so the second
 half reads the first from the KV cache state. Thresholds depend on precision and weight compression.
 """
@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from tasks.checks import check
-from tasks.coreml_export import PACKAGE, PALETTE_GROUP, quiet_coremltools
-from tasks.coreml_runtime import CoremlLanguageModel
-from tasks.gguf_check import PROBE_TEXTS
-from tasks.gguf_export import hf_tensor_shapes
+from formats.checks import check
+from formats.coreml.export import PACKAGE, PALETTE_GROUP, quiet_coremltools
+from formats.coreml.runtime import CoremlLanguageModel
+from formats.gguf.check import PROBE_TEXTS
+from formats.gguf.export import hf_tensor_shapes
 
 # (minimum argmax agreement, maximum error relative to the largest source logit), by compression or precision
 THRESHOLDS = {"float32": (0.98, 0.01), "float16": (0.98, 0.02), "int8": (0.90, 0.05), "palettize4": (0.60, 0.35)}

@@ -11,21 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from tasks.checks import check
-from tasks.gguf_export import gguf_names, hf_tensor_shapes, hf_tensors_from_gguf
-from tasks.mlx_runtime import LoadedModel
+from formats.checks import check
+from formats.gguf.export import gguf_names, hf_tensor_shapes, hf_tensors_from_gguf
+from formats.gguf.files import gguf_file
+from formats.mlx_runtime import LoadedModel
 
 # (minimum argmax agreement, maximum error relative to the largest source logit)
 THRESHOLDS = {"F16": (0.98, 0.01), "Q8_0": (0.90, 0.05), "Q4_0": (0.60, 0.35), "Q4_K": (0.60, 0.35),
               "Q5_0": (0.70, 0.25), "Q6_K": (0.80, 0.15)}
 PROBE_TEXTS = ["def main():\n    return 42\n", "The lighthouse keeper looked at the sea and said"]
-
-
-def gguf_file(artifact_dir: Path) -> Path:
-    files = sorted(artifact_dir.glob("*.gguf"))
-    if len(files) != 1:
-        raise FileNotFoundError(f"{artifact_dir} should hold exactly one .gguf file, found {len(files)}")
-    return files[0]
 
 
 def structure_checks(path: Path, source: Path) -> tuple[list[dict[str, Any]], Any]:

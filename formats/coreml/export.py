@@ -1,6 +1,6 @@
 """Core ML export: a stateful ML Program (`model.mlpackage`, macOS 15 / iOS 18) for llama and qwen2 models.
 
-The source's safetensors go into the small torch decoder of `tasks/coreml_model.py`, which is traced and converted
+The source's safetensors go into the small torch decoder of `formats/coreml/model.py`, which is traced and converted
 by coremltools with a flexible sequence length (1 … context length) and its KV cache as two float16 states, so an
 app feeds only new tokens. Precision is float16 (the default; what the Neural Engine runs) or float32; weights can
 then be compressed to int8 (per-channel linear quantization) or 4-bit palettes (k-means, a 16-entry table per group
@@ -48,7 +48,7 @@ def export_coreml(source: Path, out: Path, options: CoremlFormat) -> Path:
     """Write `out/model.mlpackage` plus the tokenizer files; returns the package path."""
     import torch
 
-    from tasks.coreml_model import causal_mask, load_causal_lm
+    from formats.coreml.model import causal_mask, load_causal_lm
 
     ct = quiet_coremltools()
     config = json.loads((source / "config.json").read_text())

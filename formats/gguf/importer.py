@@ -1,14 +1,14 @@
 """GGUF as a source: a `.gguf` file (llama or qwen2, byte-level BPE) becomes a Hugging Face–layout directory
 (config.json, float32 safetensors, tokenizer.json with its chat template) that the convert step can take.
 
-The inverse of `gguf_export.py`; its tensors come from `gguf_export.hf_tensors_from_gguf`, which validation uses too.
+The inverse of `export.py`; its tensors come from `export.hf_tensors_from_gguf`, which validation uses too.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from tasks.gguf_export import ARCHITECTURES, GgufExportError, hf_tensors_from_gguf
+from formats.gguf.export import ARCHITECTURES, GgufExportError, hf_tensors_from_gguf
 
 
 class GgufImportError(Exception):
