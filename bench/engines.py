@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from factory.registry import Registry  # noqa: E402
-from factory.services import free_port, with_openblas  # noqa: E402
+from factory.services import SERVER_COMMAND, free_port, with_openblas  # noqa: E402
 
 SHAPES = {
     "qwen2.5-0.5b": dict(architecture="qwen2", hidden_size=896, layers=24, heads=14, kv_heads=2,
@@ -165,7 +165,7 @@ def server_comparison(work: Path, gguf: Path, max_tokens: int) -> None:
     registry = Registry(work / "registry")
     registry.publish("bench", {"gguf-q4_0": _dir_with(work, gguf)}, serve={"context_length": 2048})
     ours_port, peer_port = free_port(), free_port()
-    ours = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "serving/gunicorn_conf.py", "serving.asgi:app"],
+    ours = subprocess.Popen(SERVER_COMMAND,
                             cwd=ROOT, env={**os.environ, "FACTORY_REGISTRY": str(registry.root),
                                            "FACTORY_SERVE_BIND": f"127.0.0.1:{ours_port}",
                                            "FACTORY_SERVE_LOG_LEVEL": "warning"},

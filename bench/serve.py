@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from factory.registry import Registry  # noqa: E402
-from factory.services import free_port  # noqa: E402
+from factory.services import SERVER_COMMAND, free_port  # noqa: E402
 
 COUNTER = itertools.count()
 PROMPT = "Story {}: write a long story about a lighthouse keeper and the sea."
@@ -80,8 +80,7 @@ def start_factory(work: Path, model: Path) -> tuple[subprocess.Popen, str, str]:
     port = free_port()
     env = {**os.environ, "FACTORY_REGISTRY": str(registry.root), "FACTORY_SERVE_BIND": f"127.0.0.1:{port}",
            "FACTORY_SERVE_LOG_LEVEL": "warning"}
-    process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "serving/gunicorn_conf.py",
-                                "serving.asgi:app"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(SERVER_COMMAND, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     return process, f"http://127.0.0.1:{port}", "bench"
 

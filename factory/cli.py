@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from factory.registry import Registry, RegistryError
 from factory.services import ServeOptions, apply_prefect_environment, serve, with_openblas
 from factory.settings import Settings
-from factory.spec import SpecError, discover_specs, json_schema, load_spec
+from factory.spec import FINE_TUNE_METHODS, SpecError, discover_specs, json_schema, load_spec
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("name", metavar="SPEC_OR_MODEL")
     tune.add_argument("--train", help="JSONL training file (then NAME is any registry model ref)")
     tune.add_argument("--valid", help="JSONL validation file (default: hold out 10 %% of --train)")
-    tune.add_argument("--method", choices=["lora", "dora", "qlora", "full"])
+    tune.add_argument("--method", choices=FINE_TUNE_METHODS)
     tune.add_argument("--iters", type=int)
     tune.add_argument("--learning-rate", type=float)
     tune.add_argument("--suffix")

@@ -29,6 +29,7 @@ from factory.storage import LocalVersionStore, copy_and_hash, sha256_file, write
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 LATEST = "latest"
 MANIFEST = "manifest.json"
+SQLITE_MAX_INT = 2**63 - 1  # version numbers are SQLite integers
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -44,7 +45,6 @@ CREATE VIEW IF NOT EXISTS aliases AS
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('generation', 0);
 """
-
 
 class RegistryError(Exception):
     """A request the registry cannot satisfy (bad name, nothing to roll back to, ...)."""
@@ -198,8 +198,11 @@ class Registry:
         """`name` (its latest), `name@N` or `name@alias` → that version."""
         name, _, selector = ref.partition("@")
         selector = selector or LATEST
-        if selector.isdigit():
-            return self.get(name, int(selector))
+        if selector.isascii() and selector.isdigit():
+            number = int(selector)
+            if number > SQLITE_MAX_INT:  # SQLite would raise OverflowError binding it; no such version can exist
+                raise NotFound(f"{ref} does not exist")
+            return self.get(name, number)
         with self._connect() as db:
             row = db.execute("SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, selector)).fetchone()
         if row is None:

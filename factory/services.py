@@ -96,6 +96,8 @@ def start_prefect_server(settings: Settings, port: int | None = None, timeout: f
 
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
+# The one way the server is started (by `factory serve`, `factory up`, the tests and the benchmarks), from PROJECT_DIR.
+SERVER_COMMAND = [sys.executable, "-m", "gunicorn", "-c", "serving/gunicorn_conf.py", "serving.asgi:app"]
 
 
 @dataclass
@@ -118,9 +120,8 @@ def serve(options: ServeOptions) -> int:
         env["FACTORY_SERVE_MEMORY_MB"] = str(options.memory_mb)
     if options.queue_size is not None:
         env["FACTORY_SERVE_QUEUE_SIZE"] = str(options.queue_size)
-    command = [sys.executable, "-m", "gunicorn", "-c", "serving/gunicorn_conf.py", "serving.asgi:app"]
     print(f"serving on http://{options.host}:{options.port}/v1", flush=True)
-    process = subprocess.Popen(command, cwd=PROJECT_DIR, env=with_openblas(env))
+    process = subprocess.Popen(SERVER_COMMAND, cwd=PROJECT_DIR, env=with_openblas(env))
     try:
         return process.wait()
     except (KeyboardInterrupt, SystemExit):

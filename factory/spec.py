@@ -212,8 +212,12 @@ class FineTuneGate(Strict):
     min_valid_loss_drop: Annotated[float, Field(ge=0, lt=1, description="relative: 0.1 = 10 % lower")] = 0.0
 
 
+FineTuneMethod = Literal["lora", "dora", "qlora", "full"]
+FINE_TUNE_METHODS: tuple[str, ...] = get_args(FineTuneMethod)
+
+
 class FineTune(Strict):
-    method: Literal["lora", "dora", "qlora", "full"] = "lora"
+    method: FineTuneMethod = "lora"
     data: TrainingData
     iters: Annotated[int, Field(gt=0)] | None = None
     epochs: Annotated[int, Field(gt=0)] | None = None

@@ -1,4 +1,6 @@
-"""The Falcon ASGI application, assembled explicitly: media handlers, middleware, routes, error shape."""
+"""The Falcon ASGI application, assembled explicitly from its parts: the model catalog (local models from the
+registry unless a test hands in its own), the fine-tune job backend (Prefect unless handed in), media handlers,
+middleware, routes, and the error shape. Wiring only."""
 from __future__ import annotations
 
 import falcon
@@ -7,54 +9,60 @@ import orjson
 
 from factory.files import FileStore
 from factory.registry import Registry
+from serving.api import errors
+from serving.api.middleware import BodyLimit, Lifecycle, RequestContext
+from serving.api.resources.chat import ChatCompletions
+from serving.api.resources.completions import Completions
+from serving.api.resources.files import Files
+from serving.api.resources.fine_tuning import FineTuningJobs
+from serving.api.resources.health import Health, Ready
+from serving.api.resources.metrics import Metrics
+from serving.api.resources.models import Models
 from serving.config import ServerConfig
-from serving.errors import handle_unexpected, serialize_error
-from serving.middleware import BodyLimit, Lifecycle, RequestContext
-from serving.pool import ModelPool
-from serving.resources.chat import ChatCompletions
-from serving.resources.completions import Completions
-from serving.resources.files import Files
-from serving.resources.fine_tuning import FineTuningJobs
-from serving.resources.health import Health, Ready
-from serving.resources.metrics import Metrics
-from serving.resources.models import Models
-from serving.watcher import RegistryWatcher
+from serving.inference.handle import ModelCatalog
+from serving.jobs import FineTuneJobs
 
 
-def create_app(config: ServerConfig | None = None) -> falcon.asgi.App:
+def create_app(config: ServerConfig | None = None, *, models: ModelCatalog | None = None,
+               jobs: FineTuneJobs | None = None) -> falcon.asgi.App:
     config = config or ServerConfig.from_env()
-    pool = ModelPool(Registry(config.registry), config)
-    watcher = RegistryWatcher(pool, config.poll_interval_s)
+    if models is None:
+        from serving.inference.pool import ModelPool
+
+        models = ModelPool(Registry(config.registry), config)
+    if jobs is None:
+        from serving.jobs.prefect import PrefectJobs
+
+        jobs = PrefectJobs(Registry(config.registry))
     app = falcon.asgi.App(
-        middleware=[RequestContext(), BodyLimit(config.max_body_bytes, config.max_upload_bytes), Lifecycle(pool, watcher)],
+        middleware=[RequestContext(), BodyLimit(config.max_body_bytes, config.max_upload_bytes), Lifecycle(models)],
         cors_enable=True,
     )
     json = falcon.media.JSONHandler(dumps=lambda o: orjson.dumps(o).decode(), loads=orjson.loads)
     app.req_options.media_handlers[falcon.MEDIA_JSON] = json
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = json
 
-    models = Models(pool)
-    app.add_route("/v1/models", models)
-    app.add_route("/v1/models/{model_id}", models, suffix="one")
-    chat = ChatCompletions(pool)
+    listing = Models(models)
+    app.add_route("/v1/models", listing)
+    app.add_route("/v1/models/{model_id}", listing, suffix="one")
+    chat = ChatCompletions(models)
     app.add_route("/v1/chat/completions", chat)
     app.add_route("/chat", chat)  # the path the product's first plan named
-    app.add_route("/v1/completions", Completions(pool))
+    app.add_route("/v1/completions", Completions(models))
     app.add_route("/health", Health())
-    app.add_route("/ready", Ready(pool))
-    app.add_route("/metrics", Metrics(pool))
+    app.add_route("/ready", Ready(models))
+    app.add_route("/metrics", Metrics(models))
 
     files = FileStore(config.files)
     file_routes = Files(files)
     app.add_route("/v1/files", file_routes)
     app.add_route("/v1/files/{file_id}", file_routes, suffix="one")
-    jobs = FineTuningJobs(pool, files)
-    app.add_route("/v1/fine_tuning/jobs", jobs)
-    app.add_route("/fine-tune", jobs)  # the path the product's first plan named
-    app.add_route("/v1/fine_tuning/jobs/{job_id}", jobs, suffix="one")
-    app.add_route("/v1/fine_tuning/jobs/{job_id}/events", jobs, suffix="events")
-    app.add_route("/v1/fine_tuning/jobs/{job_id}/cancel", jobs, suffix="cancel")
+    tuning = FineTuningJobs(models, files, jobs)
+    app.add_route("/v1/fine_tuning/jobs", tuning)
+    app.add_route("/fine-tune", tuning)  # the path the product's first plan named
+    app.add_route("/v1/fine_tuning/jobs/{job_id}", tuning, suffix="one")
+    app.add_route("/v1/fine_tuning/jobs/{job_id}/events", tuning, suffix="events")
+    app.add_route("/v1/fine_tuning/jobs/{job_id}/cancel", tuning, suffix="cancel")
 
-    app.add_error_handler(Exception, handle_unexpected)
-    app.set_error_serializer(serialize_error)
+    errors.install(app)
     return app

@@ -1,4 +1,4 @@
-"""ASGI entry point for gunicorn: `gunicorn -c serving/gunicorn_conf.py serving.asgi:app`."""
+"""ASGI entry point: the app gunicorn serves (the command line is `factory.services.SERVER_COMMAND`)."""
 from serving.app import create_app
 from serving.logs import configure_logging
 

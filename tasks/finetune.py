@@ -20,11 +20,10 @@ from prefect.logging import get_run_logger
 
 from factory.content_keys import content_key
 from factory.storage import sha256_file, write_durably
+from factory.spec import FINE_TUNE_METHODS
 from factory.training_data import TrainingData, parse_training_jsonl, split_train_valid
 from formats.checks import expectation_failure
 from tasks.convert import HEAVY
-
-METHODS = ("lora", "dora", "qlora", "full")
 
 
 @dataclass(frozen=True)
@@ -215,8 +214,8 @@ def _make_trainable(model, settings: TrainingSettings, config: dict) -> int:
     """Freeze the base and open the trained part; returns how many (last) layers are trained, clamped to depth."""
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
-    if settings.method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {settings.method!r}")
+    if settings.method not in FINE_TUNE_METHODS:
+        raise ValueError(f"method must be one of {', '.join(FINE_TUNE_METHODS)}, not {settings.method!r}")
     if settings.method == "qlora" and "quantization" not in config:
         raise ValueError("qlora trains on a quantized base; this base artifact is not quantized")
     layers = min(int(settings.layers or len(model.layers)), len(model.layers))

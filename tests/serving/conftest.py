@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from factory.registry import Registry
-from factory.services import free_port
+from factory.services import SERVER_COMMAND, free_port
 from tests.fixtures.processes import stop_process_group
 from tests.fixtures.tiny_model import make_tiny_model
 
@@ -70,7 +70,7 @@ def start_server(root: Path, artifact: Path, format_key: str = "mlx-float16", **
     environment = {**os.environ, "FACTORY_ROOT": str(root), "FACTORY_REGISTRY": str(registry.root),
                    "FACTORY_SERVE_BIND": f"127.0.0.1:{port}",
                    "FACTORY_SERVE_POLL_S": "0.2", **env}
-    process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "serving/gunicorn_conf.py", "serving.asgi:app"],
+    process = subprocess.Popen(SERVER_COMMAND,
                                cwd=ROOT, env=environment, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
                                start_new_session=True)
     url = f"http://127.0.0.1:{port}"

@@ -5,7 +5,7 @@ import time
 
 from factory.spec import CoremlFormat
 from formats.coreml.export import export_coreml
-from serving.engines import apple_silicon
+from serving.inference.local.select import apple_silicon
 from tests.serving.conftest import SERVE
 
 

@@ -1,0 +1,100 @@
+"""OpenAI-shaped errors: every failure is `{"error": {"message", "type", "param", "code"}}` with the right status.
+
+Resources raise `APIError` for what they check themselves; the inference layer's and the job backend's domain
+exceptions are mapped here, once, by handlers that `install` registers on the app. Falcon's own errors (unknown
+route, malformed JSON, ...) are reshaped by the serializer; anything unexpected becomes a logged 500
+`server_error` (and is a bug to fix).
+"""
+from __future__ import annotations
+
+import logging
+
+import falcon
+
+from serving.inference.types import GenerationFailed, InvalidRequest, QueueFull, Unavailable, UnknownModel
+from serving.jobs import JobConflict, JobNotFound, JobsUnavailable
+
+log = logging.getLogger("factory.serving")
+
+TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
+         413: "invalid_request_error", 429: "rate_limit_error"}
+
+
+class APIError(falcon.HTTPError):
+    def __init__(self, status: int, message: str, *, type_: str | None = None, param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(falcon.code_to_http_status(status), description=message, headers=headers)
+        self.type = type_ or error_type(status)
+        self.param = param
+        self.code = code
+
+
+def error_type(status: int) -> str:
+    return TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+
+
+def invalid(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
+    resp.content_type = falcon.MEDIA_JSON
+    resp.media = {"error": {
+        "message": exc.description or exc.title,
+        "type": getattr(exc, "type", None) or error_type(exc.status_code),
+        "param": getattr(exc, "param", None),
+        "code": getattr(exc, "code", None) if isinstance(exc, APIError) else _code_for(exc),
+    }}
+
+
+def _code_for(exc: falcon.HTTPError) -> str | None:
+    if isinstance(exc, falcon.MediaMalformedError):
+        return "invalid_json"
+    if exc.status_code == 404:
+        return "not_found"
+    return None
+
+
+# ---------------------------------------------------------------- domain exceptions -> HTTP
+
+
+def _as_api_error(exc: Exception) -> APIError:
+    match exc:
+        case UnknownModel():
+            return APIError(404, str(exc), param="model", code="model_not_found")
+        case InvalidRequest():
+            return APIError(400, str(exc), param=exc.param, code=exc.code)
+        case QueueFull():
+            return APIError(429, str(exc), code="queue_full", headers={"Retry-After": str(exc.retry_after_s)})
+        case Unavailable() | JobsUnavailable():
+            return APIError(503, str(exc), type_="server_error", code=getattr(exc, "code", None))
+        case GenerationFailed():
+            return APIError(500, f"generation failed: {exc}", type_="server_error")
+        case JobNotFound():
+            return APIError(404, str(exc), param="fine_tuning_job_id", code="job_not_found")
+        case JobConflict():
+            return APIError(400, str(exc), param="fine_tuning_job_id")
+    raise TypeError(f"no mapping for {type(exc).__name__}")
+
+
+DOMAIN_ERRORS = (UnknownModel, InvalidRequest, QueueFull, Unavailable, GenerationFailed, JobNotFound, JobConflict,
+                 JobsUnavailable)
+
+
+async def handle_domain_error(req, resp, exc, params) -> None:
+    raise _as_api_error(exc)
+
+
+async def handle_unexpected(req, resp, exc, params) -> None:
+    if isinstance(exc, falcon.HTTPError):
+        raise exc
+    log.exception("unhandled error on %s %s", req.method, req.path)
+    raise APIError(500, f"internal error ({type(exc).__name__}); the server log has the details",
+                   type_="server_error")
+
+
+def install(app: falcon.asgi.App) -> None:
+    """Register the error shape and the mapping of domain exceptions (Falcon picks the most specific handler)."""
+    app.add_error_handler(Exception, handle_unexpected)
+    app.add_error_handler(DOMAIN_ERRORS, handle_domain_error)
+    app.set_error_serializer(serialize_error)

@@ -1,0 +1,128 @@
+"""OpenAI's wire shapes for chat completions and text completions: whole responses and stream chunks, both drawn
+from the inference layer's events. One renderer per response; the generation skeleton drives it."""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from serving.inference.types import DoneEvent, Event, TokenEvent, TokenLogprob
+
+
+@dataclass
+class Choice:
+    """One sequence of a whole (non-streamed) response, accumulated from its events."""
+
+    index: int
+    text: str = ""
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    def add(self, event: Event) -> None:
+        if isinstance(event, TokenEvent):
+            self.text += event.text
+            if event.logprob is not None:
+                self.logprobs.append(event.logprob)
+        else:
+            self.finish_reason = event.finish_reason
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int = 0
+
+    def add(self, event: Event) -> None:
+        if isinstance(event, DoneEvent):
+            self.completion_tokens += event.completion_tokens
+
+    def openai(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
+
+
+class Renderer:
+    """What both endpoints share: the response id and header fields, and the closing usage chunk."""
+
+    prefix = "cmpl"
+    whole_object = chunk_object = "text_completion"
+
+    def __init__(self, model_id: str, ref: str, logprobs: bool, include_usage: bool):
+        self.logprobs, self.include_usage = logprobs, include_usage
+        self.base = {"id": f"{self.prefix}-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model_id,
+                     "system_fingerprint": ref}
+
+    def chunk_base(self) -> dict[str, Any]:
+        return {**self.base, "object": self.chunk_object, **({"usage": None} if self.include_usage else {})}
+
+    def opening(self, n: int) -> list[dict[str, Any]]:
+        return []
+
+    def usage_chunk(self, usage: Usage) -> dict[str, Any] | None:
+        if not self.include_usage:
+            return None
+        return {**self.base, "object": self.chunk_object, "choices": [], "usage": usage.openai()}
+
+
+class ChatRenderer(Renderer):
+    prefix, whole_object, chunk_object = "chatcmpl", "chat.completion", "chat.completion.chunk"
+
+    def opening(self, n: int) -> list[dict[str, Any]]:
+        return [{**self.chunk_base(), "choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
+                                                   "logprobs": None, "finish_reason": None}]} for index in range(n)]
+
+    def chunk(self, event: Event) -> dict[str, Any]:
+        if isinstance(event, TokenEvent):
+            logprobs = {"content": [_chat_logprob(event.logprob)]} if event.logprob is not None else None
+            choice = {"index": event.index, "delta": {"content": event.text}, "logprobs": logprobs,
+                      "finish_reason": None}
+        else:
+            choice = {"index": event.index, "delta": {}, "logprobs": None, "finish_reason": event.finish_reason}
+        return {**self.chunk_base(), "choices": [choice]}
+
+    def whole(self, choices: list[Choice], usage: Usage) -> dict[str, Any]:
+        return {**self.base, "object": self.whole_object, "choices": [
+            {"index": c.index, "message": {"role": "assistant", "content": c.text},
+             "logprobs": {"content": [_chat_logprob(lp) for lp in c.logprobs]} if self.logprobs else None,
+             "finish_reason": c.finish_reason} for c in choices], "usage": usage.openai()}
+
+
+class CompletionRenderer(Renderer):
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.offsets: dict[int, int] = {}  # streamed text so far per choice, for logprobs' text_offset
+
+    def chunk(self, event: Event) -> dict[str, Any]:
+        if isinstance(event, TokenEvent):
+            logprobs = None
+            if event.logprob is not None:
+                offset = self.offsets.get(event.index, 0)
+                logprobs = _completion_logprobs([event.logprob], offset)
+                self.offsets[event.index] = offset + len(event.logprob.token)
+            choice = {"index": event.index, "text": event.text, "logprobs": logprobs, "finish_reason": None}
+        else:
+            choice = {"index": event.index, "text": "", "logprobs": None, "finish_reason": event.finish_reason}
+        return {**self.chunk_base(), "choices": [choice]}
+
+    def whole(self, choices: list[Choice], usage: Usage) -> dict[str, Any]:
+        return {**self.base, "object": self.whole_object, "choices": [
+            {"index": c.index, "text": c.text, "finish_reason": c.finish_reason,
+             "logprobs": _completion_logprobs(c.logprobs, 0) if self.logprobs else None} for c in choices],
+            "usage": usage.openai()}
+
+
+def _chat_logprob(entry: TokenLogprob) -> dict[str, Any]:
+    return {"token": entry.token, "logprob": entry.logprob, "bytes": list(entry.token.encode()),
+            "top_logprobs": [{"token": token, "logprob": value, "bytes": list(token.encode())}
+                             for token, value in entry.top]}
+
+
+def _completion_logprobs(entries: list[TokenLogprob], offset: int) -> dict[str, Any]:
+    """The legacy completions shape: parallel lists, `text_offset` counting characters into the completion."""
+    offsets = []
+    for entry in entries:
+        offsets.append(offset)
+        offset += len(entry.token)
+    return {"tokens": [e.token for e in entries], "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [dict(e.top) for e in entries], "text_offset": offsets}

@@ -1,0 +1,40 @@
+"""The one generation skeleton that chat and text completions share: lease the model, start the request, then
+stream it as server-sent events or collect it into one response. Wire formats differ only in their renderer."""
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+from serving.api.render.openai import Choice, Renderer, Usage
+from serving.api.sse import sse_events
+from serving.inference.handle import EventStream, ModelCatalog
+from serving.inference.types import DoneEvent, GenerateRequest, GenerationFailed
+
+
+async def respond(resp, models: ModelCatalog, model_id: str, request: GenerateRequest, renderer_class: type[Renderer],
+                  *, stream: bool, include_usage: bool) -> None:
+    stack = AsyncExitStack()
+    try:
+        handle = await stack.enter_async_context(models.lease(model_id))
+        events = await handle.stream(request)
+        stack.push_async_callback(events.aclose)  # runs first: cancel what still runs, then return the lease
+    except BaseException:
+        await stack.aclose()
+        raise
+    renderer = renderer_class(model_id, events.ref, logprobs=request.logprobs, include_usage=include_usage)
+    if stream:
+        resp.sse = sse_events(events, renderer, request.n, stack.aclose)
+        return
+    async with stack:
+        choices, usage = await collect(events, request.n)
+    resp.media = renderer.whole(choices, usage)
+
+
+async def collect(events: EventStream, n: int) -> tuple[list[Choice], Usage]:
+    """Every sequence, whole: one Choice each, and the token counts."""
+    choices, usage = [Choice(index=i) for i in range(n)], Usage(events.prompt_tokens)
+    async for event in events.events():
+        if isinstance(event, DoneEvent) and event.error:
+            raise GenerationFailed(event.error)
+        choices[event.index].add(event)
+        usage.add(event)
+    return choices, usage

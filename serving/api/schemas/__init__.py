@@ -1,0 +1,52 @@
+"""Request bodies per wire API, validated by pydantic; a violation becomes a 400 whose `param` names the field as
+the client wrote it (`messages[0].role`, `stream_options.include_usage`)."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from serving.api.errors import APIError, invalid
+
+
+class Lenient(BaseModel):
+    """Unknown fields are accepted and ignored, as OpenAI-compatible servers commonly do (clients such as Continue
+    send their own extras); known features this server does not implement are refused with a 400, never ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+def parse(model: type[BaseModel], body: Any) -> Any:
+    """Validate a request body; the first problem becomes a 400 whose `param` names the field."""
+    if not isinstance(body, dict):
+        raise invalid("the request body must be a JSON object")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        message = error["msg"].removeprefix("Value error, ")
+        path = param_path(body, error["loc"])
+        field, colon, rest = message.partition(": ")
+        if path is None and colon and " " not in field:  # model-level checks phrase themselves as "field: reason"
+            raise APIError(400, rest, param=field) from None
+        raise APIError(400, f"{path}: {message}" if path else message, param=path) from None
+
+
+def param_path(body: Any, loc: tuple) -> str | None:
+    """The error location as a client path. Pydantic's `loc` also names the union member it tried (`str`,
+    `list[str]`, `function-after[...]`); only steps that exist in the body are the client's."""
+    path, node = "", body
+    for step in loc:
+        if isinstance(node, dict) and isinstance(step, str) and step in node:
+            path, node = f"{path}.{step}", node[step]
+        elif isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node):
+            path, node = f"{path}[{step}]", node[step]
+        elif isinstance(node, dict) and isinstance(step, str) and not _is_union_tag(step):
+            path, node = f"{path}.{step}", None  # a missing required field
+    return path.lstrip(".") or None
+
+
+def _is_union_tag(step: str) -> bool:
+    return step in {"str", "int", "float", "bool", "list", "dict", "none", "literal"} or any(
+        step.startswith(prefix) for prefix in ("list[", "dict[", "function-", "constrained-", "literal[",
+                                               "json-or-python", "lax-", "nullable[", "tagged-union["))

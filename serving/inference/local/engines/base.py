@@ -1,0 +1,75 @@
+"""The engine interface: a loaded model on one runtime, driven by the scheduler's thread.
+
+`insert`, `step` and `remove` form a continuous batch: sequences join and leave between decode steps. They are only
+ever called from the model's scheduler thread, so engines need no locking of their own.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+from serving.inference.types import SamplingParams
+
+
+@dataclass
+class StepOutput:
+    uid: int
+    token: int
+    finish_reason: str | None  # "stop" (an end-of-sequence token) or "length"; None while generating
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+
+
+class Detokenizer(ABC):
+    @abstractmethod
+    def add_token(self, token: int) -> str:
+        """Feed one token; returns the text it completes (may be empty mid-character)."""
+
+    @abstractmethod
+    def finalize(self) -> str:
+        """Text still held back at the end."""
+
+
+class Engine(ABC):
+    family: str  # the registry format family it serves: mlx, gguf, ...
+    name: str  # what /v1/models calls it: mlx, llamacpp
+    supports_penalties: bool = False
+    supports_logprobs: bool = False
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: Path, max_batch: int, context_length: int) -> "Engine":
+        ...
+
+    @abstractmethod
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        ...
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]:
+        ...
+
+    @abstractmethod
+    def detokenizer(self) -> Detokenizer:
+        ...
+
+    @abstractmethod
+    def token_text(self, token: int) -> str:
+        ...
+
+    @abstractmethod
+    def insert(self, prompt: list[int], params: SamplingParams) -> int:
+        """Add a sequence to the batch; returns its uid."""
+
+    @abstractmethod
+    def step(self) -> list[StepOutput]:
+        """One decode step for every sequence in the batch (prompt processing happens inside)."""
+
+    @abstractmethod
+    def remove(self, uids: list[int]) -> None:
+        ...
+
+    @abstractmethod
+    def close(self) -> None:
+        ...

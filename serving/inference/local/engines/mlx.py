@@ -1,0 +1,120 @@
+"""The MLX engine: mlx-lm's model loading, chat templates and `BatchGenerator` (continuous batching)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from serving.inference.local.engines.base import Detokenizer, Engine, StepOutput
+from serving.inference.types import SamplingParams
+
+
+class MlxDetokenizer(Detokenizer):
+    def __init__(self, streaming):
+        self.streaming = streaming
+
+    def add_token(self, token: int) -> str:
+        self.streaming.add_token(token)
+        return self.streaming.last_segment
+
+    def finalize(self) -> str:
+        self.streaming.finalize()
+        return self.streaming.last_segment
+
+
+class MlxEngine(Engine):
+    family = "mlx"
+    name = "mlx"
+    supports_penalties = True
+    supports_logprobs = True
+
+    def __init__(self, model, tokenizer, max_batch: int):
+        from mlx_lm.generate import BatchGenerator
+
+        self.model, self.tokenizer = model, tokenizer
+        self.batch = BatchGenerator(model, stop_tokens=[[t] for t in tokenizer.eos_token_ids],
+                                    completion_batch_size=max_batch, prefill_batch_size=min(8, max_batch))
+        self.wants_logprobs: dict[int, int] = {}  # uid -> how many top logprobs (0 = just the token's)
+
+    @classmethod
+    def load(cls, path: Path, max_batch: int, context_length: int) -> "MlxEngine":
+        from mlx_lm import load
+
+        model, tokenizer = load(str(path))
+        return cls(model, tokenizer, max_batch)
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def encode(self, text: str) -> list[int]:
+        # Chat templates already contain their special tokens; never add a second BOS.
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def detokenizer(self) -> Detokenizer:
+        return MlxDetokenizer(self.tokenizer.detokenizer)
+
+    def token_text(self, token: int) -> str:
+        return self.tokenizer.decode([token])
+
+    def insert(self, prompt: list[int], params: SamplingParams) -> int:
+        from mlx_lm.sample_utils import make_logits_processors
+
+        processors = make_logits_processors(logit_bias=params.logit_bias,
+                                            presence_penalty=params.presence_penalty,
+                                            frequency_penalty=params.frequency_penalty)
+        [uid] = self.batch.insert([prompt], max_tokens=[params.max_tokens], samplers=[_sampler(params)],
+                                  logits_processors=[processors])
+        if params.logprobs:
+            self.wants_logprobs[uid] = params.top_logprobs
+        return uid
+
+    def step(self) -> list[StepOutput]:
+        outputs = []
+        for response in self.batch.next_generated():
+            output = StepOutput(uid=response.uid, token=response.token, finish_reason=response.finish_reason)
+            top = self.wants_logprobs.get(response.uid)
+            if top is not None:
+                output.logprob, output.top_logprobs = _logprobs(response.logprobs, response.token, top)
+            if response.finish_reason is not None:
+                self.wants_logprobs.pop(response.uid, None)
+            outputs.append(output)
+        return outputs
+
+    def remove(self, uids: list[int]) -> None:
+        self.batch.remove(uids)
+        for uid in uids:
+            self.wants_logprobs.pop(uid, None)
+
+    def close(self) -> None:
+        import mlx.core as mx
+
+        self.batch.close()
+        self.model = self.tokenizer = self.batch = None
+        mx.clear_cache()
+
+
+def _sampler(params: SamplingParams):
+    """Greedy at temperature 0; otherwise top-p sampling, from a private key when the request gives a seed."""
+    import mlx.core as mx
+    from mlx_lm.sample_utils import apply_top_p, make_sampler
+
+    if params.seed is None or params.temperature == 0:
+        return make_sampler(temp=params.temperature, top_p=params.top_p if params.top_p < 1 else 0.0)
+    key = [mx.random.key(params.seed)]
+
+    def sample(logprobs):
+        if params.top_p < 1:
+            logprobs = apply_top_p(logprobs, params.top_p)
+        key[0], subkey = mx.random.split(key[0])
+        return mx.random.categorical(logprobs * (1 / params.temperature), key=subkey)
+
+    return sample
+
+
+def _logprobs(logprobs, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
+    import mlx.core as mx
+
+    chosen = logprobs[token].item()
+    if top <= 0:
+        return chosen, []
+    best = mx.argpartition(-logprobs, kth=top - 1)[:top]
+    values = logprobs[best].tolist()
+    return chosen, sorted(zip(best.tolist(), values), key=lambda pair: -pair[1])

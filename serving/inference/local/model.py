@@ -1,0 +1,116 @@
+"""A registry version loaded on a local engine: the `ModelHandle` that chat and text completions share.
+
+`stream` renders and tokenizes off the event loop, checks the request against the model (context length, what
+the engine supports), resolves sampling defaults from the spec's `serve` section, and submits the `n` sequences to
+the model's scheduler as one unit. Its events come back on one queue.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from factory.registry import Version
+from factory.spec import Serve
+from serving.inference.local.describe import model_info
+from serving.inference.local.engines.base import Engine
+from serving.inference.local.scheduler import Generation, Scheduler
+from serving.inference.types import (DoneEvent, Event, GenerateRequest, InvalidRequest, ModelInfo, SamplingParams)
+
+log = logging.getLogger("factory.serving")
+
+
+@dataclass
+class LocalModel:
+    version: Version
+    serve: Serve
+    artifact: str
+    engine: Engine
+    scheduler: Scheduler
+    nbytes: int
+    leases: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    retired: bool = False
+
+    @property
+    def ref(self) -> str:
+        return self.version.ref
+
+    def describe(self) -> ModelInfo:
+        return model_info(self.ref, self.version, self.serve, self.version.aliases, loaded=True)
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        raise InvalidRequest(f"{self.ref} is a text-generation model; it does not produce embeddings",
+                             param="model", code="model_not_supported")
+
+    async def stream(self, request: GenerateRequest) -> "LocalStream":
+        prompt = await asyncio.to_thread(self._tokenize, request)
+        params = self._sampling(request, len(prompt))
+        events: asyncio.Queue = asyncio.Queue()
+        generations = self.scheduler.submit(prompt, params, events)
+        return LocalStream(self, generations, events, len(prompt))
+
+    def unload(self) -> None:
+        self.scheduler.stop()
+        self.engine.close()
+        log.info("unloaded %s", self.ref)
+
+    # ------------------------------------------------------------ request checks
+
+    def _tokenize(self, request: GenerateRequest) -> list[int]:
+        text = self.engine.render_chat(request.messages) if request.messages is not None else request.prompt
+        prompt = self.engine.encode(text or "")
+        if not prompt:
+            raise InvalidRequest(f"{request.input_param} must not be empty", param=request.input_param)
+        return prompt
+
+    def _sampling(self, request: GenerateRequest, prompt_tokens: int) -> list[SamplingParams]:
+        """One parameter set per sequence, after checking them against the engine and the context window."""
+        engine, defaults, context = self.engine, self.serve.defaults, self.serve.context_length
+        if (request.presence_penalty or request.frequency_penalty) and not engine.supports_penalties:
+            raise InvalidRequest(f"presence/frequency penalties are not supported by the {engine.name} engine",
+                                 param="presence_penalty" if request.presence_penalty else "frequency_penalty")
+        if request.logprobs and not engine.supports_logprobs:
+            raise InvalidRequest(f"logprobs are not supported by the {engine.name} engine", param="logprobs")
+        room = context - prompt_tokens
+        if room <= 0:
+            raise InvalidRequest(f"the prompt has {prompt_tokens} tokens; this model's context length is {context}",
+                                 param=request.input_param, code="context_length_exceeded")
+        wanted = request.max_tokens or min(defaults.max_tokens, room)
+        if wanted > room:
+            raise InvalidRequest(f"max_tokens {wanted} plus the prompt's {prompt_tokens} tokens exceed this model's "
+                                 f"context length {context}", param="max_tokens", code="context_length_exceeded")
+        return [SamplingParams(
+            max_tokens=wanted,
+            temperature=defaults.temperature if request.temperature is None else request.temperature,
+            top_p=defaults.top_p if request.top_p is None else request.top_p,
+            stop=request.stop, seed=None if request.seed is None else request.seed + index,
+            logprobs=request.logprobs, top_logprobs=request.top_logprobs,
+            presence_penalty=request.presence_penalty, frequency_penalty=request.frequency_penalty,
+            logit_bias=request.logit_bias,
+        ) for index in range(request.n)]
+
+
+class LocalStream:
+    """The events of one request's sequences; closing it cancels whatever still runs."""
+
+    def __init__(self, model: LocalModel, generations: list[Generation], events: asyncio.Queue, prompt_tokens: int):
+        self.model, self.generations, self.queue = model, generations, events
+        self.ref, self.prompt_tokens = model.ref, prompt_tokens
+
+    async def events(self, heartbeat_s: float | None = None) -> AsyncIterator[Event | None]:
+        remaining = len(self.generations)
+        while remaining:
+            try:
+                event = await asyncio.wait_for(self.queue.get(), heartbeat_s)
+            except TimeoutError:
+                yield None
+                continue
+            remaining -= isinstance(event, DoneEvent)
+            yield event
+
+    async def aclose(self) -> None:
+        for generation in self.generations:
+            self.model.scheduler.cancel(generation)  # a no-op for finished ones

@@ -1,0 +1,156 @@
+"""The inference layer's vocabulary: what a request asks for, the events a generation yields, what a model says
+about itself, and the domain errors the API layer maps to HTTP once.
+
+Nothing here knows HTTP or any wire format: every wire API (OpenAI chat, text completions, later others) parses
+into a `GenerateRequest` and renders the same events.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+# ---------------------------------------------------------------- requests
+
+
+@dataclass
+class GenerateRequest:
+    """One generation of `n` sequences from chat messages (rendered by the model's template) or a raw prompt.
+
+    Sampling fields left as None take the model's serving defaults (the spec's `serve.defaults`).
+    """
+
+    messages: list[dict[str, str]] | None = None
+    prompt: str | None = None
+    n: int = 1
+    max_tokens: int | None = None  # None: the model's default, capped by the room left in the context
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[int, float] | None = None
+
+    @property
+    def input_param(self) -> str:
+        """The request field that holds the input, for errors about it."""
+        return "messages" if self.messages is not None else "prompt"
+
+
+@dataclass
+class SamplingParams:
+    """What an engine needs to generate one sequence: every value resolved."""
+
+    max_tokens: int
+    temperature: float = 0.7
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[int, float] | None = None
+
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class TokenEvent:
+    """Text released for sequence `index` (possibly empty when only a logprob is reported)."""
+
+    index: int
+    text: str
+    logprob: TokenLogprob | None = None
+
+
+@dataclass
+class DoneEvent:
+    """Sequence `index` ended: stop (end of sequence or stop string), length, or error."""
+
+    index: int
+    finish_reason: str
+    completion_tokens: int
+    error: str | None = None
+
+
+Event = TokenEvent | DoneEvent
+
+
+# ---------------------------------------------------------------- models
+
+
+@dataclass
+class ModelInfo:
+    """What `/v1/models` shows of one servable id."""
+
+    id: str
+    ref: str  # name@version actually served
+    name: str
+    version: int
+    created: float
+    aliases: list[str]
+    formats: list[str]
+    quantization: dict[str, str]
+    context_length: int
+    engine: str | None
+    loaded: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelStats:
+    """A loaded model's live counters, for /metrics."""
+
+    ref: str
+    loaded_bytes: int
+    active: int
+    queued: int
+    generated_tokens: int
+    decode_steps: int
+
+
+# ---------------------------------------------------------------- errors
+
+
+class InferenceError(Exception):
+    """Base of the errors the API layer maps to a status and a wire-shaped body."""
+
+
+class UnknownModel(InferenceError):
+    def __init__(self, model_id: str, detail: str = ""):
+        super().__init__(f"The model '{model_id}' does not exist" + (f": {detail}" if detail else ""))
+        self.model_id = model_id
+
+
+class InvalidRequest(InferenceError):
+    """The request cannot be served by this model as asked (context length, an unsupported parameter...)."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.param, self.code = param, code
+
+
+class QueueFull(InferenceError):
+    def __init__(self, retry_after_s: int = 1):
+        super().__init__("The server is busy: the request queue for this model is full; retry shortly")
+        self.retry_after_s = retry_after_s
+
+
+class Unavailable(InferenceError):
+    """The server cannot serve anything yet (empty or unreadable registry, default model failing to load)."""
+
+
+class GenerationFailed(InferenceError):
+    """An engine failed while generating this request's sequences (a bug: the server log has the details)."""

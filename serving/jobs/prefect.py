@@ -1,0 +1,126 @@
+"""The fine-tune job backend on Prefect, the one place serving talks to Prefect.
+
+There is no job database: a job id is `ftjob-<flow run id>`, its status is the flow run's state, its events are the
+flow run's log lines, and its model is the registry version that flow run published. The server only uses Prefect's
+API; it never imports `flows/` or `tasks/`.
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from typing import Any
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName, LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.sorting import FlowRunSort, LogSort
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Cancelled, Cancelling, StateType
+
+from factory.registry import Registry
+from serving.jobs import Job, JobConflict, JobEvent, JobNotFound, JobsUnavailable
+
+DEPLOYMENT = "finetune-model/on-demand"
+FLOW = "finetune-model"
+STATUS = {StateType.SCHEDULED: "queued", StateType.PENDING: "queued", StateType.PAUSED: "queued",
+          StateType.RUNNING: "running", StateType.COMPLETED: "succeeded", StateType.FAILED: "failed",
+          StateType.CRASHED: "failed", StateType.CANCELLED: "cancelled", StateType.CANCELLING: "cancelled"}
+ENDED = (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
+STEP = re.compile(r"step (\d+)/(\d+): (train|valid) loss ([0-9.na]+)")
+LEVELS = {10: "info", 20: "info", 30: "warn", 40: "error", 50: "error"}
+
+
+class PrefectJobs:
+    def __init__(self, registry: Registry):
+        self.registry = registry
+
+    async def create(self, parameters: dict[str, Any]) -> Job:
+        async with get_client() as client:
+            try:
+                deployment = await client.read_deployment_by_name(DEPLOYMENT)
+            except ObjectNotFound:
+                raise JobsUnavailable(f"the {DEPLOYMENT} deployment is not registered; run `factory deploy`",
+                                      code="deployment_missing") from None
+            run = await client.create_flow_run_from_deployment(deployment.id, parameters=parameters,
+                                                               tags=["fine-tune"])
+        return await self._job(run)
+
+    async def list(self, limit: int) -> tuple[list[Job], bool]:
+        async with get_client() as client:
+            runs = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW])),
+                                               sort=FlowRunSort.START_TIME_DESC, limit=limit + 1)
+        return [await self._job(run) for run in runs[:limit]], len(runs) > limit
+
+    async def get(self, job_id: str) -> Job:
+        return await self._job(await self._run(job_id))
+
+    async def events(self, job_id: str, limit: int) -> list[JobEvent]:
+        run = await self._run(job_id)
+        async with get_client() as client:
+            logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
+                                          sort=LogSort.TIMESTAMP_DESC, limit=limit)
+        return [_event(log) for log in logs]
+
+    async def cancel(self, job_id: str) -> Job:
+        run = await self._run(job_id)
+        if run.state.type in ENDED:
+            raise JobConflict(f"job {job_id} has already ended ({STATUS[run.state.type]})")
+        # A run still waiting for a worker is cancelled outright; a running one is asked to stop (its worker
+        # kills the process and marks it cancelled).
+        state = Cancelling() if run.state.type == StateType.RUNNING else Cancelled()
+        async with get_client() as client:
+            await client.set_flow_run_state(run.id, state, force=True)
+            run = await client.read_flow_run(run.id)
+        return await self._job(run)
+
+    # ------------------------------------------------------------------
+
+    async def _run(self, job_id: str):
+        try:
+            run_id = uuid.UUID(job_id.removeprefix("ftjob-"))
+        except ValueError:
+            raise JobNotFound(job_id) from None
+        async with get_client() as client:
+            try:
+                run = await client.read_flow_run(run_id)
+            except ObjectNotFound:
+                raise JobNotFound(job_id) from None
+        if run.flow_id is None:
+            raise JobNotFound(job_id)
+        return run
+
+    async def _job(self, run) -> Job:
+        p = run.parameters
+        status = STATUS.get(run.state.type, "queued") if run.state else "queued"
+        published = await asyncio.to_thread(_published_by, self.registry, str(run.id)) if status == "succeeded" else None
+        trained_tokens = None
+        if published is not None:
+            trained_tokens = (await asyncio.to_thread(published.manifest))["lineage"].get("trained_tokens")
+        return Job(
+            id=f"ftjob-{run.id}", status=status, base=p.get("base"),
+            created_at=int(run.created.timestamp()) if run.created else None,
+            finished_at=int(run.end_time.timestamp()) if run.end_time else None,
+            fine_tuned_model=published.ref if published else None,
+            training_file=_file_id(p.get("training_file")), validation_file=_file_id(p.get("validation_file")),
+            hyperparameters=p.get("hyperparameters") or {}, suffix=p.get("suffix"), seed=p.get("seed"),
+            trained_tokens=trained_tokens,
+            error=(run.state.message or "the fine-tune failed") if status == "failed" else None,
+        )
+
+
+def _published_by(registry: Registry, flow_run_id: str):
+    for version in reversed(registry.list()):
+        if version.flow_run_id == flow_run_id:
+            return version
+    return None
+
+
+def _file_id(path: str | None) -> str | None:
+    return path.rsplit("/", 1)[-1].removesuffix(".jsonl") if path else None
+
+
+def _event(log) -> JobEvent:
+    match = STEP.search(log.message)
+    data = {"step": int(match[1]), "total_steps": int(match[2]), f"{match[3]}_loss": float(match[4])} if match else None
+    return JobEvent(id=f"ftevent-{log.id}", created_at=int(log.timestamp.timestamp()),
+                    level=LEVELS.get(log.level, "info"), message=log.message, data=data)

@@ -1,0 +1,90 @@
+"""Chat and text completions in-process through the official openai SDK: one generation skeleton, two wire shapes,
+streamed and whole. The scripted engine answers REPLY one character per token."""
+from __future__ import annotations
+
+import pytest
+
+from tests.fixtures.scripted_engine import REPLY
+from tests.serving.api.conftest import sse_frames
+
+pytestmark = pytest.mark.anyio
+HI = [{"role": "user", "content": "hi"}]
+
+
+async def test_chat_whole_and_streamed_give_the_same_text_and_usage(sdk):
+    whole = await sdk.chat.completions.create(model="tiny", messages=HI)
+    assert whole.choices[0].message.content == REPLY and whole.choices[0].finish_reason == "stop"
+    assert whole.usage.completion_tokens == len(REPLY) and whole.system_fingerprint == "tiny@1"
+    chunks = [c async for c in await sdk.chat.completions.create(model="tiny", messages=HI, stream=True,
+                                                                  stream_options={"include_usage": True})]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == REPLY
+    assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == whole.usage.model_dump()
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+async def test_max_tokens_n_and_the_developer_role(sdk, pool_and_registry):
+    reply = await sdk.chat.completions.create(model="default", n=3, max_tokens=5, messages=[
+        {"role": "developer", "content": "be brief"}, *HI])
+    assert [c.message.content for c in reply.choices] == [REPLY[:5]] * 3
+    assert {c.finish_reason for c in reply.choices} == {"length"} and reply.usage.completion_tokens == 15
+    pool, _ = pool_and_registry
+    prompt = "".join(map(chr, pool.loaded["tiny@1"].engine.prompts[-1]))
+    assert prompt.startswith("<|im_start|>system\nbe brief")  # OpenAI's developer role is the template's system
+
+
+async def test_text_completions_whole_and_streamed_with_logprobs(sdk):
+    whole = await sdk.completions.create(model="tiny", prompt="x", max_tokens=4, logprobs=2)
+    assert whole.choices[0].text == REPLY[:4] and whole.object == "text_completion"
+    assert whole.choices[0].logprobs.tokens == list(REPLY[:4])
+    assert whole.choices[0].logprobs.text_offset == [0, 1, 2, 3]
+    assert whole.choices[0].logprobs.top_logprobs[0] == {"H": -0.25, "?": -2.0}
+    chunks = [c async for c in await sdk.completions.create(model="tiny", prompt="x", max_tokens=4, logprobs=2,
+                                                             stream=True)]
+    streamed = [c.choices[0] for c in chunks if c.choices and c.choices[0].text]
+    assert "".join(c.text for c in streamed) == REPLY[:4]
+    # streamed completions carry logprobs too, each chunk its own token's, offsets counting on
+    assert [c.logprobs.tokens for c in streamed] == [[ch] for ch in REPLY[:4]]
+    assert [c.logprobs.text_offset for c in streamed] == [[0], [1], [2], [3]]
+
+
+async def test_chat_logprobs_streamed_and_whole(sdk):
+    whole = await sdk.chat.completions.create(model="tiny", messages=HI, max_tokens=3, logprobs=True, top_logprobs=1)
+    assert [entry.token for entry in whole.choices[0].logprobs.content] == list(REPLY[:3])
+    assert all(len(entry.top_logprobs) == 1 for entry in whole.choices[0].logprobs.content)
+    chunks = [c async for c in await sdk.chat.completions.create(model="tiny", messages=HI, max_tokens=3,
+                                                                  logprobs=True, stream=True)]
+    assert [c.choices[0].logprobs.content[0].logprob for c in chunks if c.choices and c.choices[0].delta.content] \
+        == [-0.25] * 3
+
+
+async def test_a_stop_string_cuts_the_text(sdk):
+    reply = await sdk.chat.completions.create(model="tiny", messages=HI, stop=["scripted"])
+    assert reply.choices[0].message.content == REPLY[: REPLY.index("scripted")]
+    assert reply.choices[0].finish_reason == "stop"
+
+
+async def test_the_chat_alias_path_answers_like_the_v1_path(api):
+    body = {"model": "tiny", "messages": HI, "max_tokens": 3}
+    reply = (await api.post("/chat", json=body)).json()
+    assert reply["object"] == "chat.completion" and reply["usage"]["completion_tokens"] == 3
+    frames = sse_frames(await api.post("/chat", json={**body, "stream": True}))
+    assert frames[-1] == "[DONE]" and frames[-2]["choices"][0]["finish_reason"] == "length"
+
+
+async def test_models_list_and_metadata(sdk):
+    listed = [m.id for m in (await sdk.models.list()).data]
+    assert listed == ["default", "tiny"]
+    model = await sdk.models.retrieve("tiny@1")
+    extra = model.model_extra
+    assert extra["ref"] == "tiny@1" and extra["context_length"] == 256 and extra["formats"] == ["mlx-float16"]
+    assert "default" in extra["aliases"] and extra["quantization"] == {"mlx-float16": "float16"}
+
+
+async def test_health_ready_and_metrics(api, sdk):
+    assert (await api.get("/health")).json() == {"status": "ok"}
+    ready = (await api.get("/ready")).json()
+    assert ready == {"status": "ready", "default_model": "default", "version": "tiny@1"}
+    await sdk.chat.completions.create(model="tiny", messages=HI, max_tokens=4)
+    metrics = (await api.get("/metrics")).text
+    assert 'factory_generated_tokens_total{model="tiny@1"} 4.0' in metrics
