@@ -32,14 +32,22 @@ class FileStore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def create(self, filename: str, purpose: str, content: bytes) -> StoredFile:
+    def staging_path(self) -> Path:
+        """A private path to receive an upload into before `adopt` checks nothing else and files it."""
+        return self.root / f".upload-{uuid.uuid4().hex}.tmp"
+
+    def adopt(self, staged: Path, filename: str, purpose: str) -> StoredFile:
+        """File a fully written upload under a new id: fsync it, rename it into place, then write its metadata
+        (the metadata is what makes a file exist, so a crash in between leaves no half-listed file)."""
         stored = StoredFile(id=f"file-{uuid.uuid4().hex[:24]}", filename=filename, purpose=purpose,
-                            bytes=len(content), created_at=int(time.time()))
-        for path, data in ((self.path(stored.id), content),
-                           (self._meta(stored.id), json.dumps(asdict(stored)).encode())):
-            temporary = path.with_name(path.name + ".tmp")
-            write_durably(temporary, data)
-            os.rename(temporary, path)
+                            bytes=staged.stat().st_size, created_at=int(time.time()))
+        with open(staged, "rb+") as f:
+            os.fsync(f.fileno())
+        os.rename(staged, self.path(stored.id))
+        meta = self._meta(stored.id)
+        temporary = meta.with_name(meta.name + ".tmp")
+        write_durably(temporary, json.dumps(asdict(stored)).encode())
+        os.rename(temporary, meta)
         return stored
 
     def get(self, file_id: str) -> StoredFile | None:

@@ -44,6 +44,8 @@ def parse_training_jsonl(text: str, name: str = "data.jsonl", max_problems: int 
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             problems.append((number, f"not valid JSON: {exc.msg} (column {exc.colno})"))
+        except RecursionError:
+            problems.append((number, "not valid training data: JSON nested too deeply"))
         else:
             row_shape, problem = _shape_of(row)
             shape = shape or (row_shape if not problem else None)

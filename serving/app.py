@@ -24,7 +24,8 @@ from serving.jobs import FineTuneJobs
 
 
 def create_app(config: ServerConfig | None = None, *, models: ModelCatalog | None = None,
-               jobs: FineTuneJobs | None = None) -> falcon.asgi.App:
+               jobs: FineTuneJobs | None = None):
+    """The ASGI application: Falcon's app, with request bodies counted as they arrive."""
     config = config or ServerConfig.from_env()
     if models is None:
         from serving.inference.pool import ModelPool
@@ -34,10 +35,11 @@ def create_app(config: ServerConfig | None = None, *, models: ModelCatalog | Non
         from serving.jobs.prefect import PrefectJobs
 
         jobs = PrefectJobs(Registry(config.registry))
-    app = falcon.asgi.App(
-        middleware=[RequestContext(), BodyLimit(config.max_body_bytes, config.max_upload_bytes), Lifecycle(models)],
-        cors_enable=True,
-    )
+    body_limit = BodyLimit(config.max_body_bytes, config.max_upload_bytes)
+    middleware = [RequestContext(), body_limit, Lifecycle(models)]
+    if config.cors_origins:
+        middleware.insert(0, falcon.CORSMiddleware(allow_origins=list(config.cors_origins)))
+    app = falcon.asgi.App(middleware=middleware)
     json = falcon.media.JSONHandler(dumps=lambda o: orjson.dumps(o).decode(), loads=orjson.loads)
     app.req_options.media_handlers[falcon.MEDIA_JSON] = json
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = json
@@ -65,4 +67,4 @@ def create_app(config: ServerConfig | None = None, *, models: ModelCatalog | Non
     app.add_route("/v1/fine_tuning/jobs/{job_id}/cancel", tuning, suffix="cancel")
 
     errors.install(app)
-    return app
+    return body_limit.around(app)

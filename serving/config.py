@@ -8,6 +8,7 @@
     FACTORY_SERVE_MAX_BODY_BYTES      larger request bodies get 413                           default 8 MiB
     FACTORY_SERVE_MAX_UPLOAD_BYTES    the same for /v1/files uploads                          default 512 MiB
     FACTORY_SERVE_POLL_S              how often workers look for registry changes            default 0.25
+    FACTORY_SERVE_CORS_ORIGINS        comma-separated origins browsers may call from          default none
 """
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ class ServerConfig:
     max_upload_bytes: int = 512 << 20
     files: Path = Path(".factory/files")
     poll_interval_s: float = 0.25
+    # No cross-origin access unless configured: any web page a user visits could otherwise call this server on
+    # 127.0.0.1 (upload files, start fine-tunes).
+    cors_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls) -> "ServerConfig":
@@ -43,4 +47,5 @@ class ServerConfig:
             max_body_bytes=int(env.get("FACTORY_SERVE_MAX_BODY_BYTES", cls.max_body_bytes)),
             max_upload_bytes=int(env.get("FACTORY_SERVE_MAX_UPLOAD_BYTES", cls.max_upload_bytes)),
             poll_interval_s=float(env.get("FACTORY_SERVE_POLL_S", cls.poll_interval_s)),
+            cors_origins=tuple(o.strip() for o in env.get("FACTORY_SERVE_CORS_ORIGINS", "").split(",") if o.strip()),
         )

@@ -29,6 +29,12 @@ class APIError(falcon.HTTPError):
         self.code = code
 
 
+class BodyTooLarge(Exception):
+    def __init__(self, size: int | None, limit: int):
+        super().__init__(f"request body of {size} bytes exceeds the {limit}-byte limit" if size is not None
+                         else f"the request body exceeds the {limit}-byte limit")
+
+
 def error_type(status: int) -> str:
     return TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
@@ -37,14 +43,16 @@ def invalid(message: str, param: str | None = None, code: str | None = None) -> 
     return APIError(400, message, param=param, code=code)
 
 
+def error_body(status: int, message: str, *, type_: str | None = None, param: str | None = None,
+               code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_ or error_type(status), "param": param, "code": code}}
+
+
 def serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
     resp.content_type = falcon.MEDIA_JSON
-    resp.media = {"error": {
-        "message": exc.description or exc.title,
-        "type": getattr(exc, "type", None) or error_type(exc.status_code),
-        "param": getattr(exc, "param", None),
-        "code": getattr(exc, "code", None) if isinstance(exc, APIError) else _code_for(exc),
-    }}
+    resp.media = error_body(exc.status_code, exc.description or exc.title, type_=getattr(exc, "type", None),
+                            param=getattr(exc, "param", None),
+                            code=getattr(exc, "code", None) if isinstance(exc, APIError) else _code_for(exc))
 
 
 def _code_for(exc: falcon.HTTPError) -> str | None:
@@ -74,11 +82,13 @@ def _as_api_error(exc: Exception) -> APIError:
             return APIError(404, str(exc), param="fine_tuning_job_id", code="job_not_found")
         case JobConflict():
             return APIError(400, str(exc), param="fine_tuning_job_id")
+        case BodyTooLarge():
+            return APIError(413, str(exc), code="request_too_large")
     raise TypeError(f"no mapping for {type(exc).__name__}")
 
 
 DOMAIN_ERRORS = (UnknownModel, InvalidRequest, QueueFull, Unavailable, GenerationFailed, JobNotFound, JobConflict,
-                 JobsUnavailable)
+                 JobsUnavailable, BodyTooLarge)
 
 
 async def handle_domain_error(req, resp, exc, params) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from serving.api.render.openai import CompletionRenderer
 from serving.api.resources.generation import respond
-from serving.api.schemas import parse
+from serving.api.schemas import read_json
 from serving.api.schemas.openai import CompletionRequest
 from serving.inference.handle import ModelCatalog
 
@@ -13,7 +13,7 @@ class Completions:
         self.models = models
 
     async def on_post(self, req, resp):
-        request: CompletionRequest = parse(CompletionRequest, await req.get_media())
+        request: CompletionRequest = await read_json(req, CompletionRequest)
         req.context.model = request.model
         await respond(resp, self.models, request.model, request.generate_request(), CompletionRenderer,
                       stream=request.stream, include_usage=request.include_usage)

@@ -6,7 +6,7 @@ from typing import Any
 
 from factory.files import FileStore
 from serving.api.errors import invalid
-from serving.api.schemas import parse
+from serving.api.schemas import read_json
 from serving.api.schemas.fine_tuning import FineTuningJobRequest
 from serving.inference.handle import ModelCatalog
 from serving.jobs import FineTuneJobs, Job, JobEvent
@@ -17,7 +17,7 @@ class FineTuningJobs:
         self.models, self.files, self.jobs = models, files, jobs
 
     async def on_post(self, req, resp):
-        request: FineTuningJobRequest = parse(FineTuningJobRequest, await req.get_media())
+        request: FineTuningJobRequest = await read_json(req, FineTuningJobRequest)
         base = await self.models.describe(request.model)
         parameters: dict[str, Any] = {
             "base": base.ref, "training_file": self._file_path(request.training_file, "training_file"),

@@ -2,8 +2,10 @@
 the client wrote it (`messages[0].role`, `stream_options.include_usage`)."""
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Any, TypeVar
 
+import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from serving.api.errors import APIError, invalid
@@ -16,7 +18,25 @@ class Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-def parse(model: type[BaseModel], body: Any) -> Any:
+Body = TypeVar("Body", bound=BaseModel)
+
+
+async def read_json(req, model: type[Body]) -> Body:
+    """The request body decoded and validated off the event loop: a body of megabytes or of thousands of messages
+    takes its time in a worker thread while the loop keeps serving other clients."""
+    raw = await req.stream.read()
+    return await asyncio.to_thread(decode_and_parse, model, raw)
+
+
+def decode_and_parse(model: type[Body], raw: bytes) -> Body:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:  # also invalid UTF-8 and nesting deeper than 1024
+        raise APIError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    return parse(model, body)
+
+
+def parse(model: type[Body], body: Any) -> Body:
     """Validate a request body; the first problem becomes a 400 whose `param` names the field."""
     if not isinstance(body, dict):
         raise invalid("the request body must be a JSON object")

@@ -45,7 +45,7 @@ class GenerationRequest(Lenient):
     top_p: TopP | None = None
     max_tokens: MaxTokens | None = None
     stop: str | Annotated[list[str], Field(max_length=4)] | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-(2**63), lt=2**64)] | None = None  # OpenAI's seeds are 64-bit
     n: Annotated[int, Field(ge=1, le=8)] = 1
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None

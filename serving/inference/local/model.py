@@ -1,6 +1,6 @@
 """A registry version loaded on a local engine: the `ModelHandle` that chat and text completions share.
 
-`stream` renders and tokenizes off the event loop, checks the request against the model (context length, what
+`stream` renders and tokenizes off the event loop (`prompts.py`), checks the request against the model (context length, what
 the engine supports), resolves sampling defaults from the spec's `serve` section, and submits the `n` sequences to
 the model's scheduler as one unit. Its events come back on one queue.
 """
@@ -16,10 +16,13 @@ from factory.registry import Version
 from factory.spec import Serve
 from serving.inference.local.describe import model_info
 from serving.inference.local.engines.base import Engine
+from serving.inference.local.prompts import prompt_tokens
 from serving.inference.local.scheduler import Generation, Scheduler
 from serving.inference.types import (DoneEvent, Event, GenerateRequest, InvalidRequest, ModelInfo, SamplingParams)
 
 log = logging.getLogger("factory.serving")
+# Clients may send any integer seed (OpenAI does not bound it); the engines' generators take unsigned 32-bit ones.
+SEED_RANGE = 2**32
 
 
 @dataclass
@@ -46,7 +49,7 @@ class LocalModel:
                              param="model", code="model_not_supported")
 
     async def stream(self, request: GenerateRequest) -> "LocalStream":
-        prompt = await asyncio.to_thread(self._tokenize, request)
+        prompt = await asyncio.to_thread(prompt_tokens, self.engine, request, self.serve.context_length)
         params = self._sampling(request, len(prompt))
         events: asyncio.Queue = asyncio.Queue()
         generations = self.scheduler.submit(prompt, params, events)
@@ -59,14 +62,7 @@ class LocalModel:
 
     # ------------------------------------------------------------ request checks
 
-    def _tokenize(self, request: GenerateRequest) -> list[int]:
-        text = self.engine.render_chat(request.messages) if request.messages is not None else request.prompt
-        prompt = self.engine.encode(text or "")
-        if not prompt:
-            raise InvalidRequest(f"{request.input_param} must not be empty", param=request.input_param)
-        return prompt
-
-    def _sampling(self, request: GenerateRequest, prompt_tokens: int) -> list[SamplingParams]:
+    def _sampling(self, request: GenerateRequest, prompt_length: int) -> list[SamplingParams]:
         """One parameter set per sequence, after checking them against the engine and the context window."""
         engine, defaults, context = self.engine, self.serve.defaults, self.serve.context_length
         if (request.presence_penalty or request.frequency_penalty) and not engine.supports_penalties:
@@ -74,19 +70,22 @@ class LocalModel:
                                  param="presence_penalty" if request.presence_penalty else "frequency_penalty")
         if request.logprobs and not engine.supports_logprobs:
             raise InvalidRequest(f"logprobs are not supported by the {engine.name} engine", param="logprobs")
-        room = context - prompt_tokens
+        if any(not 0 <= token < engine.vocab_size for token in request.logit_bias or {}):
+            raise InvalidRequest(f"logit_bias keys must be token ids of this model (0 to {engine.vocab_size - 1})",
+                                 param="logit_bias")
+        room = context - prompt_length
         if room <= 0:
-            raise InvalidRequest(f"the prompt has {prompt_tokens} tokens; this model's context length is {context}",
+            raise InvalidRequest(f"the prompt has {prompt_length} tokens; this model's context length is {context}",
                                  param=request.input_param, code="context_length_exceeded")
         wanted = request.max_tokens or min(defaults.max_tokens, room)
         if wanted > room:
-            raise InvalidRequest(f"max_tokens {wanted} plus the prompt's {prompt_tokens} tokens exceed this model's "
+            raise InvalidRequest(f"max_tokens {wanted} plus the prompt's {prompt_length} tokens exceed this model's "
                                  f"context length {context}", param="max_tokens", code="context_length_exceeded")
         return [SamplingParams(
             max_tokens=wanted,
             temperature=defaults.temperature if request.temperature is None else request.temperature,
             top_p=defaults.top_p if request.top_p is None else request.top_p,
-            stop=request.stop, seed=None if request.seed is None else request.seed + index,
+            stop=request.stop, seed=None if request.seed is None else (request.seed + index) % SEED_RANGE,
             logprobs=request.logprobs, top_logprobs=request.top_logprobs,
             presence_penalty=request.presence_penalty, frequency_penalty=request.frequency_penalty,
             logit_bias=request.logit_bias,

@@ -119,7 +119,12 @@ class Scheduler:
             generation = self.incoming.popleft()
             if generation.cancelled:
                 continue
-            generation.uid = self.engine.insert(generation.prompt, generation.params)
+            try:
+                generation.uid = self.engine.insert(generation.prompt, generation.params)
+            except Exception as exc:  # a request the engine refuses fails alone, never the batch it would join
+                log.exception("engine refused a sequence")
+                self._finish(generation, "error", error=f"{type(exc).__name__}: {exc}")
+                continue
             self.active[generation.uid] = generation
 
     def _deliver(self, outputs: list[StepOutput]) -> None:

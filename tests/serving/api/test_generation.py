@@ -29,7 +29,8 @@ async def test_max_tokens_n_and_the_developer_role(sdk, pool_and_registry):
     assert [c.message.content for c in reply.choices] == [REPLY[:5]] * 3
     assert {c.finish_reason for c in reply.choices} == {"length"} and reply.usage.completion_tokens == 15
     pool, _ = pool_and_registry
-    prompt = "".join(map(chr, pool.loaded["tiny@1"].engine.prompts[-1]))
+    engine = pool.loaded["tiny@1"].engine
+    prompt = "".join(map(engine.token_text, engine.prompts[-1]))
     assert prompt.startswith("<|im_start|>system\nbe brief")  # OpenAI's developer role is the template's system
 
 

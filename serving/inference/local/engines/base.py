@@ -47,8 +47,25 @@ class Engine(ABC):
         ...
 
     @abstractmethod
-    def encode(self, text: str) -> list[int]:
-        ...
+    def encode(self, text: str, *, special: bool = True, at_start: bool = True) -> list[int]:
+        """Token ids of `text`. `special`: the text of a control token (`<|im_end|>`) becomes that token (for the
+        template's own markup); otherwise it is ordinary text (for anything a client wrote in a message).
+        `at_start`: the text begins the sequence (a BOS token is added where the model wants one)."""
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Token ids run from 0 to vocab_size - 1."""
+
+    @property
+    @abstractmethod
+    def special_texts(self) -> frozenset[str]:
+        """The texts of the vocabulary's control tokens."""
+
+    @property
+    @abstractmethod
+    def max_token_chars(self) -> int:
+        """No token decodes to more characters than this: a cheap lower bound on a text's token count."""
 
     @abstractmethod
     def detokenizer(self) -> Detokenizer:

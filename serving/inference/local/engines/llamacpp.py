@@ -12,6 +12,7 @@ import ctypes
 import os
 from collections import deque
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -106,8 +107,23 @@ class LlamaCppEngine(Engine):
     def render_chat(self, messages: list[dict[str, str]]) -> str:
         return self.formatter(messages=messages).prompt
 
-    def encode(self, text: str) -> list[int]:
-        return self.model.tokenize(text.encode(), add_bos=self.model.add_bos_token(), special=True)
+    def encode(self, text: str, *, special: bool = True, at_start: bool = True) -> list[int]:
+        return self.model.tokenize(text.encode(), add_bos=self.model.add_bos_token() and at_start, special=special)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.n_vocab
+
+    @cached_property
+    def special_texts(self) -> frozenset[str]:
+        control = self.lc.LLAMA_TOKEN_ATTR_CONTROL | self.lc.LLAMA_TOKEN_ATTR_USER_DEFINED
+        return frozenset(self.token_text(token) for token in range(self.n_vocab)
+                         if self.lc.llama_vocab_get_attr(self.vocab, token) & control)
+
+    @cached_property
+    def max_token_chars(self) -> int:
+        return max(len(self.piece(token, special=True).decode("utf-8", errors="replace"))
+                   for token in range(self.n_vocab))
 
     def detokenizer(self) -> Detokenizer:
         return Utf8Detokenizer(lambda token: self.piece(token, special=False))

@@ -1,6 +1,7 @@
 """The MLX engine: mlx-lm's model loading, chat templates and `BatchGenerator` (continuous batching)."""
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 
 from serving.inference.local.engines.base import Detokenizer, Engine, StepOutput
@@ -44,9 +45,21 @@ class MlxEngine(Engine):
     def render_chat(self, messages: list[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, *, special: bool = True, at_start: bool = True) -> list[int]:
         # Chat templates already contain their special tokens; never add a second BOS.
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=not special)
+
+    @cached_property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer.get_vocab())
+
+    @cached_property
+    def special_texts(self) -> frozenset[str]:
+        return frozenset(t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special)
+
+    @cached_property
+    def max_token_chars(self) -> int:
+        return max(len(token) for token in self.tokenizer.get_vocab())
 
     def detokenizer(self) -> Detokenizer:
         return MlxDetokenizer(self.tokenizer.detokenizer)
