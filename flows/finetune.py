@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, runtime
+from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from factory.content_keys import content_key
+from factory.jobs import FINETUNE_FLOW, RESULT_ARTIFACT
 from factory.registry import Registry, Version
 from factory.settings import Settings
 from factory.spec import FormatEntry, Validate
@@ -32,7 +34,7 @@ class FineTuneFailed(Exception):
     """The fine-tune must not be published: its gate failed or its output did not validate."""
 
 
-@flow(name="finetune-model", flow_run_name="finetune {base}", task_runner=ThreadPoolTaskRunner(max_workers=4))
+@flow(name=FINETUNE_FLOW, flow_run_name="finetune {base}", task_runner=ThreadPoolTaskRunner(max_workers=4))
 def finetune_model(base: str, training_file: str, validation_file: str | None = None,
                    hyperparameters: dict[str, Any] | None = None, suffix: str | None = None,
                    target: str | None = None, probes: list[dict[str, Any]] | None = None,
@@ -77,6 +79,9 @@ def finetune_model(base: str, training_file: str, validation_file: str | None = 
     result = publish_version(name, [*artifacts, training_artifact], fused, content_key(lineage["base"], training,
                              data.digest, probes), reports, str(settings.registry),
                              serve={**manifest_serve, "aliases": []}, lineage=lineage)
+    # The job's model is this ref whether it was published now or already held by an identical earlier run; the
+    # server reads it from this artifact (a rerun's own run id names no registry version).
+    create_markdown_artifact(key=RESULT_ARTIFACT, markdown=result.ref, description="the fine-tuned model's id")
     return {"model": name, "version": result.ref, "trained_tokens": outcome.trained_tokens,
             "valid_loss_before": outcome.valid_loss_before, "valid_loss_after": outcome.valid_loss_after,
             "exact_match_before": outcome.exact_match_before, "exact_match_after": outcome.exact_match_after}

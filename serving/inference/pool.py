@@ -51,6 +51,7 @@ class ModelPool:
         self.routes: dict[str, str] = {}  # bare name or serving alias -> ref of its current version
         self.manifests: dict[str, dict[str, Any]] = {}  # ref -> manifest (immutable, so cached)
         self.serves: dict[str, Serve] = {}  # ref -> its manifest's serving settings
+        self.listed: list[str] = []  # what /v1/models shows
         self.generation = -1
         self.watcher = RegistryWatcher(self, config.poll_interval_s)
 
@@ -84,7 +85,11 @@ class ModelPool:
                     await self._load(latest[name])
                 except Exception:
                     log.exception("preloading %s failed; it will load on first use", ref)
+        # Fine-tuned versions are listed by their own immutable id (`name@N`, what their job reports), beside the
+        # moving names and aliases.
+        fine_tuned = [v.ref for v in versions if (await self._manifest(v)).get("lineage", {}).get("base")]
         previous, self.routes, self.generation = self.routes, routes, generation
+        self.listed = sorted({*routes, *fine_tuned})
         for name, old_ref in previous.items():
             if routes.get(name) != old_ref and old_ref in self.loaded and old_ref not in routes.values():
                 self._retire(self.loaded[old_ref])
@@ -100,13 +105,15 @@ class ModelPool:
             raise UnknownModel(model_id, str(exc)) from None
 
     def ids(self) -> list[str]:
-        return sorted(self.routes)
+        return self.listed
 
     async def describe(self, model_id: str) -> ModelInfo:
         version = await self.resolve(model_id)
         aliases = [f"{version.name}@{alias}" for alias in version.aliases]
         aliases += [alias for alias, ref in self.routes.items() if ref == version.ref and alias != version.name]
         info = model_info(model_id, version, await self._serve(version), aliases, loaded=version.ref in self.loaded)
+        if base := (await self._manifest(version)).get("lineage", {}).get("base"):
+            info.extra["parent"] = base  # a fine-tune names its base, as vLLM does for adapters
         if info.loaded:  # the engine actually running it
             info.engine = self.loaded[version.ref].engine.name
         return info

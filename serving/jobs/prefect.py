@@ -12,16 +12,16 @@ import uuid
 from typing import Any
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowFilter, FlowFilterName, LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey, FlowFilter,
+                                            FlowFilterName, LogFilter, LogFilterFlowRunId)
 from prefect.client.schemas.sorting import FlowRunSort, LogSort
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Cancelling, StateType
 
-from factory.registry import Registry
+from factory.jobs import FINETUNE_DEPLOYMENT, FINETUNE_FLOW, RESULT_ARTIFACT
+from factory.registry import Registry, RegistryError, Version
 from serving.jobs import Job, JobConflict, JobEvent, JobNotFound, JobsUnavailable
 
-DEPLOYMENT = "finetune-model/on-demand"
-FLOW = "finetune-model"
 STATUS = {StateType.SCHEDULED: "queued", StateType.PENDING: "queued", StateType.PAUSED: "queued",
           StateType.RUNNING: "running", StateType.COMPLETED: "succeeded", StateType.FAILED: "failed",
           StateType.CRASHED: "failed", StateType.CANCELLED: "cancelled", StateType.CANCELLING: "cancelled"}
@@ -37,9 +37,9 @@ class PrefectJobs:
     async def create(self, parameters: dict[str, Any]) -> Job:
         async with get_client() as client:
             try:
-                deployment = await client.read_deployment_by_name(DEPLOYMENT)
+                deployment = await client.read_deployment_by_name(FINETUNE_DEPLOYMENT)
             except ObjectNotFound:
-                raise JobsUnavailable(f"the {DEPLOYMENT} deployment is not registered; run `factory deploy`",
+                raise JobsUnavailable(f"the {FINETUNE_DEPLOYMENT} deployment is not registered; run `factory deploy`",
                                       code="deployment_missing") from None
             run = await client.create_flow_run_from_deployment(deployment.id, parameters=parameters,
                                                                tags=["fine-tune"])
@@ -47,7 +47,7 @@ class PrefectJobs:
 
     async def list(self, limit: int) -> tuple[list[Job], bool]:
         async with get_client() as client:
-            runs = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW])),
+            runs = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[FINETUNE_FLOW])),
                                                sort=FlowRunSort.START_TIME_DESC, limit=limit + 1)
         return [await self._job(run) for run in runs[:limit]], len(runs) > limit
 
@@ -89,10 +89,23 @@ class PrefectJobs:
             raise JobNotFound(job_id)
         return run
 
+    async def _fine_tuned_model(self, run_id: uuid.UUID) -> Version | None:
+        """The registry version a succeeded run ended with: the one it published, or the identical one an earlier
+        run had published (the flow records the ref as an artifact either way)."""
+        async with get_client() as client:
+            artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]), key=ArtifactFilterKey(any_=[RESULT_ARTIFACT])))
+        if not artifacts:
+            return None
+        try:
+            return await asyncio.to_thread(self.registry.resolve, str(artifacts[0].data).strip())
+        except RegistryError:  # deleted since, or written by another registry
+            return None
+
     async def _job(self, run) -> Job:
         p = run.parameters
         status = STATUS.get(run.state.type, "queued") if run.state else "queued"
-        published = await asyncio.to_thread(_published_by, self.registry, str(run.id)) if status == "succeeded" else None
+        published = await self._fine_tuned_model(run.id) if status == "succeeded" else None
         trained_tokens = None
         if published is not None:
             trained_tokens = (await asyncio.to_thread(published.manifest))["lineage"].get("trained_tokens")
@@ -108,11 +121,6 @@ class PrefectJobs:
         )
 
 
-def _published_by(registry: Registry, flow_run_id: str):
-    for version in reversed(registry.list()):
-        if version.flow_run_id == flow_run_id:
-            return version
-    return None
 
 
 def _file_id(path: str | None) -> str | None:

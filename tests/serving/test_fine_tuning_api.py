@@ -76,8 +76,18 @@ def test_upload_fine_tune_and_chat_with_the_result(stack):
     deadline = time.monotonic() + 5  # the server's watcher picks the new model up without a restart
     while "tiny-ft-zorbia" not in [m.id for m in client.models.list().data] and time.monotonic() < deadline:
         time.sleep(0.2)
+    # the job's model id is one that /v1/models lists (OpenAI's contract), and it names its base
+    listed = {m.id: m for m in client.models.list().data}
+    assert done.fine_tuned_model in listed and listed[done.fine_tuned_model].model_extra["parent"] == "tiny@1"
     assert [ask(client, done.fine_tuned_model, q) for q, _ in PAIRS] == [a for _, a in PAIRS]
     assert job.id in [j.id for j in client.fine_tuning.jobs.list().data]
+
+    # an identical rerun publishes nothing new, and still reports the model it ended with
+    again = client.fine_tuning.jobs.create(model="tiny", training_file=upload.id, suffix="zorbia",
+                                           hyperparameters=MEMORISING, extra_body={"probes": probes()})
+    rerun = wait_for(client, again.id, ENDED)
+    assert rerun.status == "succeeded" and rerun.fine_tuned_model == "tiny-ft-zorbia@1"
+    assert stack.registry.resolve("tiny-ft-zorbia").version == 1
 
 
 def test_a_malformed_training_file_is_refused_at_upload_naming_its_line(stack):
