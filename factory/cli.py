@@ -1,6 +1,6 @@
 """The `factory` command: check specs, print the spec schema, inspect and steer the registry.
 
-    factory spec check [PATH ...]        exit 1 if any spec has an error (default: specs/)
+    factory spec check [PATH ...]        exit 1 if any spec has an error, not for warnings (default: specs/)
     factory spec schema                  JSON Schema for editors (yaml-language-server)
     factory registry ls [NAME]           versions, formats and aliases
     factory registry show REF            one version's manifest summary (REF: name, name@N, name@alias)
@@ -121,7 +121,7 @@ def spec_check(args: argparse.Namespace) -> int:
     if not files:
         print(f"no spec files found in {' '.join(args.paths)}", file=sys.stderr)
         return 1
-    failed = 0
+    failed = warned = 0
     for path in files:
         try:
             loaded = load_spec(path)
@@ -129,9 +129,13 @@ def spec_check(args: argparse.Namespace) -> int:
             failed += 1
             print("\n".join(exc.lines()))
         else:
+            warned += len(loaded.warnings)
+            for warning in loaded.warnings:
+                print(warning)
             print(f"{path}: ok ({loaded.spec.name}, {len(loaded.spec.formats)} formats)")
-    print(f"{len(files) - failed} ok, {failed} with errors", file=sys.stderr)
-    return 1 if failed else 0
+    warnings = f", {warned} warning{'s' * (warned != 1)}" if warned else ""
+    print(f"{len(files) - failed} ok, {failed} with errors{warnings}", file=sys.stderr)
+    return 1 if failed else 0  # a warning alone does not fail the check
 
 
 def spec_schema(args: argparse.Namespace) -> int:

@@ -278,6 +278,16 @@ def check_cron(expression: str) -> str:
     return expression
 
 
+# Not build input: when the build runs (schedule) and what is trained on its result afterwards (fine_tune, whose
+# model is published under its own key). Editing them must not publish an identical version that every server then
+# hot-swaps to. Serve settings do count: they are published in the manifest.
+NOT_BUILD_INPUT = ("schedule", "fine_tune")
+
+# Fields the contract accepts before the factory acts on them (so specs can be written ahead of the feature), with
+# the warning `factory spec check` gives where one is set: accepted and silently ignored would mislead.
+NOT_IMPLEMENTED = {("serve", "draft"): "speculative decoding is not implemented yet; the draft model is ignored"}
+
+
 class Spec(Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN, description="registry name; lowercase, digits, . _ -")]
     source: Source
@@ -310,8 +320,12 @@ class Spec(Strict):
         return self
 
     def content_hash(self) -> str:
-        """sha256 of the spec's meaning: comments, key order and whitespace do not change it."""
-        canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+        """sha256 of what a build produces from (recorded as a version's spec_hash; an unchanged hash publishes
+        nothing): comments, key order and whitespace do not change it, nor do the fields in NOT_BUILD_INPUT."""
+        # Blanked rather than dropped, so a spec that never set them keeps the hash it had before they were left
+        # out (upgrading must not republish every model either).
+        meaning = self.model_dump(mode="json", by_alias=True) | dict.fromkeys(NOT_BUILD_INPUT)
+        canonical = json.dumps(meaning, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -327,15 +341,22 @@ class SpecError(Exception):
         super().__init__("\n".join(self.lines()))
 
     def lines(self) -> list[str]:
-        return [f"{self.path}:{line}: {field + ': ' if field else ''}{message}" for line, field, message in self.problems]
+        return [located_message(self.path, line, field, message) for line, field, message in self.problems]
+
+
+def located_message(path: Path, line: int, field: str, message: str) -> str:
+    """`file:line: field.path: message`, the one shape of every spec error and warning."""
+    return f"{path}:{line}: {field + ': ' if field else ''}{message}"
 
 
 class LoadedSpec(BaseModel):
-    """A validated spec and the file it came from (relative paths in the spec resolve against its folder)."""
+    """A validated spec and the file it came from (relative paths in the spec resolve against its folder), with
+    its warnings as `file:line: field.path: warning: message` lines."""
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
     spec: Spec
     path: Path
+    warnings: tuple[str, ...] = ()
 
     def resolve(self, relative: str) -> Path:
         return (self.path.parent / relative).resolve()
@@ -347,10 +368,15 @@ def load_spec(path: str | Path) -> LoadedSpec:
         text = path.read_text()
     except OSError as exc:
         raise SpecError(path, [(1, "", f"cannot read file: {exc.strerror}")]) from None
-    return LoadedSpec(spec=parse_spec(text, path), path=path)
+    spec, located = _parse(text, path)
+    return LoadedSpec(spec=spec, path=path, warnings=_warnings(spec, located, path))
 
 
 def parse_spec(text: str, path: Path) -> Spec:
+    return _parse(text, path)[0]
+
+
+def _parse(text: str, path: Path) -> tuple[Spec, LocatedYaml]:
     try:
         located = load_located(text)
     except YamlError as exc:
@@ -358,9 +384,21 @@ def parse_spec(text: str, path: Path) -> Spec:
     if not isinstance(located.data, dict):
         raise SpecError(path, [(1, "", "a spec is a YAML mapping (name:, source:, formats:, ...)")])
     try:
-        return Spec.model_validate(located.data)
+        return Spec.model_validate(located.data), located
     except ValidationError as exc:
         raise SpecError(path, sorted(_describe(error, located) for error in exc.errors())) from None
+
+
+def _warnings(spec: Spec, located: LocatedYaml, path: Path) -> tuple[str, ...]:
+    """A warning for every NOT_IMPLEMENTED field the spec sets, at the line where it is written."""
+    def value(field: tuple[str, ...]) -> Any:
+        found: Any = spec
+        for part in field:
+            found = getattr(found, part)
+        return found
+
+    return tuple(located_message(path, located.line_of(field), ".".join(field), f"warning: {message}")
+                 for field, message in NOT_IMPLEMENTED.items() if value(field) is not None)
 
 
 def _describe(error: dict[str, Any], located: LocatedYaml) -> tuple[int, str, str]:
@@ -413,19 +451,26 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+EXAMPLES = "examples"
+
+
 def discover_specs(paths: list[str | Path]) -> list[Path]:
-    """Spec files among `paths`: files as given, folders searched recursively for *.yaml / *.yml."""
+    """Spec files among `paths`, the one rule every command uses (`spec check`, `build NAME` and `--all`,
+    `finetune NAME`, `deploy`): files as given; folders searched recursively for *.yaml / *.yml, skipping every
+    `examples/` folder below them. Examples are hub models that need the network, so they are checked, built or
+    deployed only when named: as a file, or as the examples folder itself."""
     found: list[Path] = []
     for entry in map(Path, paths):
         if entry.is_dir():
-            found.extend(sorted(p for p in entry.rglob("*") if p.suffix in (".yaml", ".yml")))
+            found.extend(sorted(p for p in entry.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()
+                                and EXAMPLES not in p.relative_to(entry).parts[:-1]))
         else:
             found.append(entry)
     return found
 
 
 def find_spec(name_or_path: str | Path, specs_dir: str | Path = "specs") -> Path:
-    """A spec file given as a path, or by its `name:` among the specs in `specs_dir` (recursively)."""
+    """A spec file given as a path, or by its file name or `name:` among `discover_specs([specs_dir])`."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path
@@ -438,7 +483,8 @@ def find_spec(name_or_path: str | Path, specs_dir: str | Path = "specs") -> Path
                 return candidate
         except SpecError:
             continue
-    raise SpecError(Path(specs_dir), [(1, "", f"no spec named {name_or_path!r} in {specs_dir}")])
+    raise SpecError(Path(specs_dir), [(1, "", f"no spec named {name_or_path!r} in {specs_dir} "
+                                              f"(specs under {EXAMPLES}/ are found by path only)")])
 
 
 def json_schema() -> dict[str, Any]:

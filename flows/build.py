@@ -1,7 +1,7 @@
 """Build flows: a spec becomes validated, published artifacts.
 
     build_model(spec) = download → normalise → convert × formats → validate × formats → report → publish
-    build_all()       = build_model for every spec in specs/ whose content or source changed since its last version
+    build_all()       = build_model for every spec in specs/ whose build input or source changed since its last version
 
 Orchestration only: each step is a task in `tasks/`. Steps are content-cached, so an unchanged rebuild costs seconds.
 """
@@ -16,7 +16,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from factory.registry import Registry
 from factory.settings import Settings
-from factory.spec import LoadedSpec, SpecError, find_spec, load_spec
+from factory.spec import LoadedSpec, SpecError, discover_specs, find_spec, load_spec
 from flows.caching import refreshed_if_missing
 from flows.finetune import finetune_model
 from flows.setup import ensure_heavy_limit
@@ -79,10 +79,11 @@ def spec_finetune_parameters(loaded: LoadedSpec, base_ref: str) -> dict[str, Any
 
 @flow(name="build-all")
 def build_all(specs_dir: str = "specs") -> list[dict[str, Any]]:
-    """Build every spec directly in `specs_dir` (not `examples/`) that changed since its last published version."""
+    """Build every spec in `specs_dir` (`discover_specs`: recursive, not `examples/`) whose build input changed
+    since its last published version."""
     registry = Registry(Settings.from_env().registry)
     rows = []
-    for path in sorted(Path(specs_dir).glob("*.y*ml")):
+    for path in discover_specs([specs_dir]):
         rows.append(_build_if_changed(path, registry, specs_dir))
     create_table_artifact(rows, key="build-all", description="build-all summary")
     failed = [row for row in rows if row["status"] in ("failed", "invalid")]
@@ -95,7 +96,7 @@ def _build_if_changed(path: Path, registry: Registry, specs_dir: str) -> dict[st
     try:
         loaded = load_spec(path)
     except SpecError as exc:
-        return invalid_row(path.name, exc)
+        return invalid_row(str(path.relative_to(specs_dir)), exc)
     current = _current_version(loaded, registry)
     if current is not None:
         return {"spec": loaded.spec.name, "formats": ", ".join(current.formats), "gates": "passed",

@@ -1,14 +1,27 @@
-"""The vocabulary of validation reports: a named check with its verdict, and what an expectation asks of a text."""
+"""The vocabulary of validation reports: a named check with its verdict, a gate (a measured value against a
+threshold), and what an expectation asks of a text."""
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from factory.spec import Expect
 
 
 def check(name: str, passed: bool, value: Any = None, detail: str = "") -> dict[str, Any]:
     return {"name": name, "passed": bool(passed), "value": value, "detail": detail}
+
+
+def gate(name: str, value: float, bound: Literal["min", "max"], threshold: float | None,
+         detail: str = "") -> dict[str, Any]:
+    """A check of a measured value against a threshold, recorded with both and the direction (`bound`), so a
+    failure can say `argmax_agreement 0.42 < min 0.6` (`tasks.validate.failures`). No threshold: the value is
+    recorded and passes."""
+    if threshold is None:
+        return check(name, True, value, detail)
+    # Written so that a NaN measurement fails either way.
+    passed = value >= threshold if bound == "min" else value <= threshold
+    return {**check(name, passed, value, detail), "bound": bound, "threshold": threshold}
 
 
 def expectation_failure(text: str, expect: Expect | None) -> str | None:

@@ -16,13 +16,13 @@ from prefect.artifacts import create_markdown_artifact
 from factory.content_keys import content_key
 from factory.spec import Validate
 from factory.storage import sha256_file
-from formats.checks import check, expectation_failure
+from formats.checks import check, expectation_failure, gate
 from formats.coreml.check import validate_coreml
 from formats.gguf.check import validate_gguf
 from formats.mlx_runtime import LoadedModel
 from tasks.convert import BuiltArtifact
 
-VALIDATOR_VERSION = 3
+VALIDATOR_VERSION = 4  # 4: gates record their threshold and direction (a cached report from 3 would not)
 # GGUF and Core ML checks run the artifact's weights in a stand-in (mlx-lm; coremltools' program evaluator), whose
 # speed and memory say nothing about the artifact's own runtime.
 SPEED_NOTES = {"gguf": "not measured: the prompts ran the GGUF's weights in mlx-lm, not in llama.cpp",
@@ -82,31 +82,34 @@ def _run_checks(model: LoadedModel, checks: Validate, spec_dir: Path,
 
     gates = checks.gates
     if checks.eval:
-        limit = gates.max_perplexity
         try:
             ppl = model.perplexity(spec_dir / checks.eval)
         except (OSError, ValueError) as exc:  # a missing or malformed eval file is a failed check, not a crash
             results.append(check("perplexity", False, detail=str(exc)))
         else:
-            results.append(check("perplexity", limit is None or ppl <= limit, round(ppl, 3),
-                                 f"max {limit}" if limit is not None else ""))
+            results.append(gate("perplexity", round(ppl, 3), "max", gates.max_perplexity))
     if speed_note is not None:  # speed and memory belong to the artifact's own runtime, not to this stand-in
         return results + [check("tokens_per_second", True, None, speed_note),
                           check("peak_memory_mb", True, None, speed_note)]
     _, tps, peak_mb = model.generate(model.render(SPEED_PROMPT) if model.has_chat_template() else "1, 2, 3,",
                                      SPEED_TOKENS)
-    low = gates.min_tokens_per_second
-    results.append(check("tokens_per_second", low is None or tps >= low, round(tps, 2),
-                         f"min {low}" if low is not None else ""))
-    high = gates.max_peak_memory_mb
-    results.append(check("peak_memory_mb", high is None or peak_mb <= high, round(peak_mb, 1),
-                         f"max {high}" if high is not None else ""))
+    results.append(gate("tokens_per_second", round(tps, 2), "min", gates.min_tokens_per_second))
+    results.append(gate("peak_memory_mb", round(peak_mb, 1), "max", gates.max_peak_memory_mb))
     return results
 
 
 def failures(reports: list[dict[str, Any]]) -> list[str]:
-    return [f"{r['format']}: {c['name']} failed" + (f" ({c['detail']})" if c["detail"] else "")
+    """One line per failed check, e.g. `gguf-q4_0: argmax_agreement 0.42 < min 0.6 (Q4_0)`: the one place that
+    words a failure (build and fine-tune errors, the report table)."""
+    return [f"{r['format']}: {c['name']} {_verdict(c)}" + (f" ({c['detail']})" if c["detail"] else "")
             for r in reports for c in r["checks"] if not c["passed"]]
+
+
+def _verdict(result: dict[str, Any]) -> str:
+    if "threshold" not in result:  # not a gate (formats.checks.gate): nothing measured to compare
+        return "failed"
+    below = result["bound"] == "min"
+    return f"{result['value']:g} {'<' if below else '>'} {result['bound']} {result['threshold']:g}"
 
 
 def report_markdown(spec_name: str, reports: list[dict[str, Any]]) -> str:

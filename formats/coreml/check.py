@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from formats.checks import check
+from formats.checks import check, gate
 from formats.coreml.export import PACKAGE, PALETTE_GROUP, quiet_coremltools
 from formats.coreml.runtime import CoremlLanguageModel
 from formats.gguf.check import PROBE_TEXTS
@@ -102,8 +102,8 @@ def numeric_checks(model: CoremlLanguageModel, source: Path, key: str) -> list[d
         errors.append(float(np.abs(candidate - reference).max() / np.abs(reference).max()))
     agreement, error = float(np.mean(np.concatenate(agree))), max(errors)
     min_agree, max_error = THRESHOLDS[key]
-    return [check("argmax_agreement", agreement >= min_agree, round(agreement, 4), f"{key}: min {min_agree}"),
-            check("logit_error", error <= max_error, round(error, 5), f"{key}: max {max_error} of the largest logit")]
+    return [gate("argmax_agreement", round(agreement, 4), "min", min_agree, key),
+            gate("logit_error", round(error, 5), "max", max_error, f"{key}; relative to the largest logit")]
 
 
 def predict_check(package: Path, precision: str) -> dict[str, Any]:

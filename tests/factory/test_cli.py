@@ -1,4 +1,4 @@
-"""`factory registry ls/show/promote/rollback/verify` through the installed console script."""
+"""`factory registry ls/show/promote/rollback/verify` and `factory spec check` through the installed console script."""
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +69,23 @@ def test_verify_passes_then_catches_a_flipped_byte(registry):
 def test_unknown_ref_is_a_clear_error(registry):
     result = factory("show", "nope@1", registry=registry.root)
     assert result.returncode == 1 and result.stderr.strip() == "error: nope@1 does not exist"
+
+
+def test_spec_check_warns_that_a_draft_model_is_ignored_and_still_passes(tmp_path):
+    spec = tmp_path / "x.yaml"
+    spec.write_text("name: x\n"
+                    "source: {local: model}\n"
+                    "formats: [{mlx: {dtype: float16}}]\n"
+                    "serve:\n"
+                    "  aliases: [default]\n"
+                    "  draft: x-draft\n")
+    command = [str(Path(sys.executable).with_name("factory")), "spec", "check", str(spec)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        f"{spec}:6: serve.draft: warning: speculative decoding is not implemented yet; the draft model is ignored",
+        f"{spec}: ok (x, 1 formats)",
+    ]
+    assert "1 ok, 0 with errors, 1 warning" in result.stderr
+    spec.write_text(spec.read_text().replace("  draft: x-draft\n", ""))
+    assert "warning" not in subprocess.run(command, capture_output=True, text=True).stdout

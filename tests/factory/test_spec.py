@@ -1,4 +1,5 @@
 """The spec contract: valid specs load, every malformed one names file, line and field."""
+import hashlib
 import json
 import subprocess
 import sys
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from factory.spec import SpecError, json_schema, load_spec, parse_spec
+from factory.spec import SpecError, discover_specs, find_spec, json_schema, load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 BAD = Path(__file__).parent / "bad_specs"
@@ -92,7 +93,31 @@ def test_content_hash_ignores_comments_whitespace_and_key_order():
     reordered = "# a comment\n" + VALID.replace("{method: lora, data:", "{data:").replace(
         "iters: 200,", "iters: 200, method: lora,")
     assert parse_spec(reordered, Path("x.yaml")).content_hash() == base
-    assert parse_spec(VALID.replace("rank: 8", "rank: 16"), Path("x.yaml")).content_hash() != base
+    assert parse_spec(VALID.replace("bits: 4, group_size: 64", "bits: 8, group_size: 64"),
+                      Path("x.yaml")).content_hash() != base
+
+
+def test_content_hash_covers_only_what_a_build_produces_from():
+    """Editing a cron line or the fine-tune section must not publish an identical version (every server would
+    hot-swap to it); serve settings are published in the manifest, so they count."""
+    def digest(text: str) -> str:
+        return parse_spec(text, Path("x.yaml")).content_hash()
+
+    base = digest(VALID)
+    assert digest(VALID.replace('"0 3 * * *"', '"30 4 * * 1-5"')) == base
+    assert digest(VALID.replace("rank: 8", "rank: 16").replace("iters: 200", "iters: 50")) == base
+    assert digest("\n".join(line for line in VALID.splitlines()
+                            if not line.startswith(("schedule:", "fine_tune:")))) == base
+    assert digest(VALID.replace("context_length: 4096", "context_length: 8192")) != base
+    assert digest(VALID.replace("max_perplexity: 30", "max_perplexity: 20")) != base
+
+
+def test_content_hash_of_a_spec_without_schedule_or_fine_tune_is_unchanged_by_leaving_them_out():
+    """The hash of such a spec is what it was when every field counted, so upgrading republishes nothing."""
+    spec = parse_spec(VALID.replace("\nfine_tune:", "\n# fine_tune:").replace("\nschedule:", "\n# schedule:"),
+                      Path("x.yaml"))
+    everything = json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+    assert spec.content_hash() == hashlib.sha256(everything.encode()).hexdigest()
 
 
 def test_missing_file_is_a_spec_error(tmp_path):
@@ -112,7 +137,23 @@ def test_cli_check_passes_the_shipped_specs():
     result = subprocess.run([sys.executable, "-m", "factory.cli", "spec", "check"], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
-    assert "tiny-demo.yaml: ok" in result.stdout and "qwen2.5-0.5b-instruct.yaml: ok" in result.stdout
+    assert "tiny-demo.yaml: ok" in result.stdout and "qwen2.5-0.5b-instruct" not in result.stdout
+    examples = subprocess.run([sys.executable, "-m", "factory.cli", "spec", "check", "specs/examples"], cwd=ROOT,
+                              capture_output=True, text=True)
+    assert examples.returncode == 0 and "qwen2.5-0.5b-instruct.yaml: ok" in examples.stdout, examples.stdout
+
+
+def test_specs_are_found_recursively_except_under_examples(tmp_path):
+    for name in ("top.yaml", "sub/nested.yml", "examples/hub.yaml", "sub/examples/deep.yaml", "notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("name: x\n")
+    assert discover_specs([tmp_path]) == [tmp_path / "sub/nested.yml", tmp_path / "top.yaml"]
+    # named, an example is found: as a file, or as the examples folder itself
+    assert discover_specs([tmp_path / "examples"]) == [tmp_path / "examples/hub.yaml"]
+    assert discover_specs([tmp_path / "sub/examples/deep.yaml"]) == [tmp_path / "sub/examples/deep.yaml"]
+    assert find_spec("nested", tmp_path) == tmp_path / "sub/nested.yml"
+    with pytest.raises(SpecError, match="found by path only"):
+        find_spec("hub", tmp_path)
 
 
 def test_shipped_schema_file_is_current_and_referenced():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -97,11 +98,13 @@ def test_an_unmet_smoke_expectation_fails_the_build_and_publishes_nothing(tmp_pa
     assert registry().list() == []
 
 
-def test_a_failed_gate_names_the_gate(tmp_path, factory_root, local_hub):
+def test_a_failed_gate_names_the_gate_its_measured_value_and_threshold(tmp_path, factory_root, local_hub):
     spec = hub_spec(tmp_path)
     spec.write_text(spec.read_text().replace("max_perplexity: 1000000.0", "max_perplexity: 1.5"))
     state = build_model(spec=str(spec), return_state=True)
-    assert state.is_failed() and "perplexity failed (max 1.5)" in str(state.result(raise_on_failure=False))
+    assert state.is_failed()
+    message = str(state.result(raise_on_failure=False))
+    assert re.search(r"^mlx-float16: perplexity [\d.e+]+ > max 1\.5$", message, re.MULTILINE), message
     assert registry().list() == []
 
 

@@ -3,7 +3,9 @@ own value inference, spec inspection, and checks that fail when the package is d
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,10 +13,11 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from factory.spec import CoremlFormat
-from formats.coreml.check import validate_coreml
+from formats.coreml.check import numeric_checks, validate_coreml
 from formats.coreml.export import PACKAGE, export_coreml
 from formats.coreml.model import UnsupportedArchitecture, causal_mask, load_causal_lm
 from formats.coreml.runtime import CoremlLanguageModel
+from tasks.validate import failures
 from tests.fixtures.tiny_model import make_tiny_model
 
 CONTEXT = 128
@@ -135,6 +138,18 @@ def test_corrupted_weights_fail_the_numeric_comparison(exports, tmp_path, tiny_m
     verdicts = {c["name"]: c for c in validate_coreml(directory, tiny_model)[0]}
     assert verdicts["weight_bytes"]["passed"]  # same size: only the numbers can tell
     assert not verdicts["argmax_agreement"]["passed"] or not verdicts["logit_error"]["passed"]
+
+
+def test_a_failed_numeric_check_says_the_measured_value_and_the_threshold(tiny_model):
+    """A program whose logits are all zero misses both gates; the failure says by how much."""
+    vocab = json.loads((tiny_model / "config.json").read_text())["vocab_size"]
+    flat = SimpleNamespace(context=CONTEXT, logits=lambda tokens, split: np.zeros((len(tokens), vocab), np.float32))
+    checks = numeric_checks(flat, tiny_model, "float16")
+    assert [(c["name"], c["bound"], c["threshold"]) for c in checks] == [("argmax_agreement", "min", 0.98),
+                                                                          ("logit_error", "max", 0.02)]
+    argmax, error = failures([{"format": "coreml-float16", "checks": checks}])
+    assert re.fullmatch(r"coreml-float16: argmax_agreement [\d.]+ < min 0\.98 \(float16\)", argmax), argmax
+    assert error == "coreml-float16: logit_error 1 > max 0.02 (float16; relative to the largest logit)"
 
 
 def test_a_package_made_from_another_model_fails_the_spec_checks(exports, tmp_path):
