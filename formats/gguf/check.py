@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from formats.checks import check
-from formats.gguf.export import gguf_names, hf_tensor_shapes, hf_tensors_from_gguf
+from formats.gguf.export import (ROPE_FREQS, GgufExportError, gguf_names, hf_tensor_shapes, hf_tensors_from_gguf,
+                                 llama3_rope_freqs, rope_scaling)
 from formats.gguf.files import gguf_file
 from formats.mlx_runtime import LoadedModel
 
@@ -40,10 +41,43 @@ def structure_checks(path: Path, source: Path) -> tuple[list[dict[str, Any]], An
                          f"config vocab_size {config['vocab_size']}, token_embd rows {rows}"))
     hf = _exported_shapes(source, config)
     expected = {gguf_name: tuple(reversed(hf[hf_name])) for hf_name, gguf_name in gguf_names(config, list(hf)).items()}
-    found = {t.name: tuple(int(d) for d in t.shape) for t in reader.tensors}
+    found = {t.name: tuple(int(d) for d in t.shape) for t in reader.tensors if t.name != ROPE_FREQS}
     wrong = sorted(n for n in expected if found.get(n) != expected[n]) + sorted(set(found) - set(expected))
     results.append(check("tensor_shapes", not wrong, len(found), f"mismatched: {', '.join(wrong[:5])}" if wrong else ""))
+    results.append(rope_scaling_check(reader, config))
     return results, reader
+
+
+def rope_scaling_check(reader, config: dict) -> dict[str, Any]:
+    """The file scales RoPE as the source config does: linear through the `rope.scaling` keys, llama3 through the
+    `rope_freqs.weight` values; and nothing else scales it (a short probe cannot see a wrong low frequency)."""
+    import gguf
+
+    try:
+        scaling = rope_scaling(config)
+        expected_freqs = llama3_rope_freqs(config)
+    except GgufExportError as exc:
+        return check("rope_scaling", False, None, str(exc))
+    field = lambda key: reader.fields[key].contents() if key in reader.fields else None  # noqa: E731
+    arch = config["model_type"]
+    kind, factor = field(f"{arch}.rope.scaling.type"), field(f"{arch}.rope.scaling.factor")
+    problems = []
+    if scaling is not None and scaling["rope_type"] == "linear":
+        if kind != "linear" or factor is None or not np.isclose(factor, float(scaling["factor"])):
+            problems.append(f"rope.scaling {kind} factor {factor}, source linear factor {scaling['factor']}")
+    elif kind not in (None, "none", "linear") or (kind != "none" and factor not in (None, 0.0, 1.0)):
+        problems.append(f"rope.scaling {kind} factor {factor}, source has no such scaling")  # no type: linear
+    tensor = next((t for t in reader.tensors if t.name == ROPE_FREQS), None)
+    if tensor is not None and expected_freqs is None:
+        problems.append(f"{ROPE_FREQS} present, source has no llama3 scaling")
+    elif tensor is None and expected_freqs is not None:
+        problems.append(f"no {ROPE_FREQS}: llama.cpp would not apply the source's llama3 scaling")
+    elif tensor is not None:
+        freqs = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32).ravel()
+        if freqs.shape != expected_freqs.shape or not np.allclose(freqs, expected_freqs, rtol=1e-5):
+            problems.append(f"{ROPE_FREQS} {np.round(freqs, 4).tolist()}, source's llama3 scaling gives "
+                            f"{np.round(expected_freqs, 4).tolist()}")
+    return check("rope_scaling", not problems, scaling["rope_type"] if scaling else "none", "; ".join(problems))
 
 
 def numeric_checks(reader, path: Path, source: Path) -> tuple[list[dict[str, Any]], LoadedModel]:

@@ -6,6 +6,12 @@ vocabulary SentencePiece). Quantization: f16, and q8_0 / q4_0 through `gguf.quan
 whose rows do not divide into blocks stays f16, as llama.cpp's converter does. 1-D tensors (norms, biases) stay f32.
 Q4_K_M goes through llama.cpp's own quantizer (llama-cpp-python), from the f16 file: k-quants need rows divisible
 by 256, and llama.cpp picks its own fallbacks for the tensors whose rows do not divide.
+
+RoPE scaling (the config's `rope_scaling`) is written the way llama.cpp's converter writes it: `linear` as the
+`rope.scaling.type` / `rope.scaling.factor` keys; `llama3` as a `rope_freqs.weight` tensor of per-frequency
+divisors (llama.cpp rotates by `angle / rope_freqs[i]`, so a frequency Llama 3 divides by `factor` has the value
+`factor`, an unscaled one 1). Any other scaling type is refused rather than dropped: llama.cpp would otherwise run
+the model with unscaled rotary frequencies, wrong at every position.
 """
 from __future__ import annotations
 
@@ -18,6 +24,8 @@ ARCHITECTURES = {"llama": "LLAMA", "qwen2": "QWEN2"}
 QTYPES = {"f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0", "q4_k_m": "Q4_K"}
 FILE_TYPES = {"f16": 1, "q8_0": 7, "q4_0": 2, "q4_k_m": 15}  # llama_ftype: MOSTLY_F16, _Q8_0, _Q4_0, _Q4_K_M
 PRE_TOKENIZERS = {"llama": "llama-bpe", "qwen2": "qwen2"}
+ROPE_FREQS = "rope_freqs.weight"  # a GGUF-only tensor (llama3 RoPE scaling): no Hugging Face tensor maps to it
+ROPE_SCALING_TYPES = ("linear", "llama3")
 
 
 class GgufExportError(Exception):
@@ -35,6 +43,53 @@ def load_hf_tensors(source: Path) -> dict[str, np.ndarray]:
     if not tensors:
         raise GgufExportError(f"{source} has no safetensors weights")
     return tensors
+
+
+def rope_scaling(config: dict) -> dict | None:
+    """The config's RoPE scaling with its type under `rope_type` (None when the frequencies are not scaled);
+    a type this export cannot write is refused, naming it."""
+    scaling = config.get("rope_scaling") or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return None
+    if kind not in ROPE_SCALING_TYPES:
+        raise GgufExportError(f"rope_scaling type {kind!r} is not supported by the GGUF export (supported: "
+                              f"{', '.join(ROPE_SCALING_TYPES)}); the model would run with the wrong rotary "
+                              f"frequencies")
+    if kind == "llama3" and config.get("model_type") != "llama":
+        raise GgufExportError(f"llama3 rope_scaling is written as a rope_freqs tensor, which llama.cpp reads only "
+                              f"for llama models (this one is {config.get('model_type')!r})")
+    if "factor" not in scaling:
+        raise GgufExportError(f"{kind} rope_scaling has no factor")
+    return {**scaling, "rope_type": kind}
+
+
+def head_dim(config: dict) -> int:
+    return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+
+
+def llama3_rope_freqs(config: dict) -> np.ndarray | None:
+    """llama.cpp's `rope_freqs` for a llama3-scaled config: per rotary frequency, how much Llama 3 divides it by
+    (1 for high frequencies, `factor` for low ones, a smooth blend between). None for any other config.
+
+    The scaled frequencies follow Hugging Face's definition (as mlx-lm's and the Core ML export's do), with
+    `original_max_position_embeddings` read from `rope_scaling`; missing keys take mlx-lm's defaults."""
+    scaling = rope_scaling(config)
+    if scaling is None or scaling["rope_type"] != "llama3":
+        return None
+    dim = head_dim(config)
+    inv_freq = 1.0 / config.get("rope_theta", 10000.0) ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    factor = float(scaling["factor"])
+    low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
+    original = float(scaling.get("original_max_position_embeddings", 8192))
+    if high <= low:
+        raise GgufExportError(f"llama3 rope_scaling needs high_freq_factor > low_freq_factor (got {high}, {low})")
+    wavelength = 2 * np.pi / inv_freq
+    smooth = (original / wavelength - low) / (high - low)
+    scaled = np.where(wavelength < original / high, inv_freq,
+                      np.where(wavelength > original / low, inv_freq / factor,
+                               (1 - smooth) * inv_freq / factor + smooth * inv_freq))
+    return (inv_freq / scaled).astype(np.float32)
 
 
 def hf_tensor_shapes(source: Path) -> dict[str, tuple[int, ...]]:
@@ -68,6 +123,8 @@ def hf_tensors_from_gguf(reader, config: dict, hf_names: list[str]) -> dict[str,
     heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads", config["num_attention_heads"])
     tensors = {}
     for tensor in reader.tensors:
+        if tensor.name == ROPE_FREQS:  # llama3 RoPE scaling, which the config carries on the Hugging Face side
+            continue
         if tensor.name not in to_hf:
             raise GgufExportError(f"unexpected tensor {tensor.name}")
         data = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
@@ -103,6 +160,7 @@ def export_gguf(source: Path, out_file: Path, qtype: str) -> Path:
         raise GgufExportError(f"GGUF export supports {', '.join(ARCHITECTURES)}; this model is {model_type!r}")
     if qtype not in QTYPES:
         raise GgufExportError(f"GGUF type {qtype!r} is not produced here (available: {', '.join(QTYPES)})")
+    freqs = llama3_rope_freqs(config)  # checks rope_scaling before any work
     if qtype == "q4_k_m":
         return _quantize_with_llama_cpp(source, out_file)
     tensors = load_hf_tensors(source)
@@ -121,6 +179,8 @@ def export_gguf(source: Path, out_file: Path, qtype: str) -> Path:
         elif model_type == "llama" and hf_name.endswith("k_proj.weight"):
             data = permute_for_gguf(data, kv_heads)
         _add_tensor(writer, names[hf_name], data, target)
+    if freqs is not None:
+        writer.add_tensor(ROPE_FREQS, freqs)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -160,6 +220,8 @@ def _add_tensor(writer, name: str, data: np.ndarray, target) -> None:
 
 
 def _write_hyperparameters(writer, config: dict, name: str, file_type: int) -> None:
+    import gguf
+
     writer.add_name(name)
     writer.add_context_length(config.get("max_position_embeddings", 4096))
     writer.add_embedding_length(config["hidden_size"])
@@ -169,6 +231,10 @@ def _write_hyperparameters(writer, config: dict, name: str, file_type: int) -> N
     writer.add_head_count_kv(config.get("num_key_value_heads", config["num_attention_heads"]))
     writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
     writer.add_rope_freq_base(config.get("rope_theta", 10000.0))
+    scaling = rope_scaling(config)
+    if scaling is not None and scaling["rope_type"] == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(scaling["factor"]))
     writer.add_vocab_size(config["vocab_size"])
     writer.add_file_type(file_type)
 
