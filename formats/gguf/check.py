@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from formats.checks import check
+from formats.checks import check, gate
 from formats.gguf.export import (ROPE_FREQS, GgufExportError, gguf_names, hf_tensor_shapes, hf_tensors_from_gguf,
                                  llama3_rope_freqs, rope_scaling)
 from formats.gguf.files import gguf_file
@@ -101,9 +101,8 @@ def numeric_checks(reader, path: Path, source: Path) -> tuple[list[dict[str, Any
     error = max(float(mx.abs(a - b).max()) for a, b in zip(reference, candidate)) / scale
     qtype = _dominant_type(reader)
     min_agree, max_error = THRESHOLDS.get(qtype, (0.5, 0.5))
-    results = [check("argmax_agreement", agree >= min_agree, round(float(agree), 4), f"{qtype}: min {min_agree}"),
-               check("logit_error", error <= max_error, round(error, 5), f"{qtype}: max {max_error} of the largest "
-                                                                          f"logit")]
+    results = [gate("argmax_agreement", round(float(agree), 4), "min", min_agree, qtype),
+               gate("logit_error", round(error, 5), "max", max_error, f"{qtype}; relative to the largest logit")]
     results += llamacpp_checks(path, source, [np.array(r[0]) for r in reference], [p[0].tolist() for p in prompts],
                                qtype)
     return results, LoadedModel(model, tokenizer)
@@ -129,8 +128,8 @@ def llamacpp_checks(path: Path, source: Path, reference: list[np.ndarray], promp
         llm.close()
     agreement, error = float(np.mean(np.concatenate(agree))), float(max(errors))
     min_agree, max_error = THRESHOLDS.get(qtype, (0.5, 0.5))
-    return [check("llama_cpp_argmax_agreement", agreement >= min_agree, round(agreement, 4), f"{qtype}: min {min_agree}"),
-            check("llama_cpp_logit_error", error <= max_error, round(error, 5), f"{qtype}: max {max_error}")]
+    return [gate("llama_cpp_argmax_agreement", round(agreement, 4), "min", min_agree, qtype),
+            gate("llama_cpp_logit_error", round(error, 5), "max", max_error, f"{qtype}; relative to the largest logit")]
 
 
 def _exported_shapes(source: Path, config: dict) -> dict[str, tuple[int, ...]]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sysconfig
 from pathlib import Path
@@ -14,6 +15,7 @@ from safetensors.numpy import load_file, save_file
 from formats.gguf.check import llamacpp_checks, validate_gguf
 from formats.gguf.export import GgufExportError, export_gguf, permute_for_gguf, unpermute_from_gguf
 from formats.gguf.importer import import_gguf
+from tasks.validate import failures
 from tests.fixtures.tiny_model import make_tiny_model
 
 # With the tiny model's head_dim 16 and rope_theta 1e4 the rotary wavelengths are 6.3, 19.9, 62.8, 199, ...: with an
@@ -90,6 +92,9 @@ def test_corrupted_weights_fail_the_numeric_comparison(tmp_path, tiny_model):
     path.write_bytes(bytes(data))
     checks = {c["name"]: c for c in validate_gguf(directory, tiny_model)[0]}
     assert checks["tensor_shapes"]["passed"] and not checks["logit_error"]["passed"]
+    # the failure says the measured error and the threshold it missed, not only the check's name
+    [error] = failures([{"format": "gguf-f16", "checks": [checks["logit_error"]]}])
+    assert re.fullmatch(r"gguf-f16: logit_error [\d.e+-]+ > max 0\.01 \(F16; relative to the largest logit\)", error)
 
 
 def test_unsupported_architectures_and_types_are_refused(tmp_path, tiny_model):
