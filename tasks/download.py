@@ -53,13 +53,13 @@ def is_transient(task, task_run, state) -> bool:
 
 def _run_name() -> str:
     source = runtime.task_run.parameters["source"]
-    return f"download {source.hf or source.local}"
+    return f"download {source.hf or source.local or source.package}"
 
 
 @task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=is_transient, task_run_name=_run_name)
 def download_source(source: Source, spec_dir: str, hub_cache: str) -> SourceSnapshot:
-    if source.local is not None:
-        return snapshot_local(Path(spec_dir) / source.local)
+    if (path := source.local_path(Path(spec_dir))) is not None:
+        return snapshot_local(path)
     return snapshot_hub(source, Path(hub_cache))
 
 
@@ -107,8 +107,8 @@ def snapshot_hub(source: Source, cache_dir: Path) -> SourceSnapshot:
 
 def source_revision(source: Source, spec_dir: str) -> str:
     """What a build of `source` would record as its revision, without downloading: a hub commit or a content hash."""
-    if source.local is not None:
-        return snapshot_local(Path(spec_dir) / source.local).revision
+    if (path := source.local_path(Path(spec_dir))) is not None:
+        return snapshot_local(path).revision
     return resolve_hub_revision(source)
 
 

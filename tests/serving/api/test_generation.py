@@ -89,3 +89,16 @@ async def test_health_ready_and_metrics(api, sdk):
     await sdk.chat.completions.create(model="tiny", messages=HI, max_tokens=4)
     metrics = (await api.get("/metrics")).text
     assert 'factory_generated_tokens_total{model="tiny@1"} 4.0' in metrics
+
+
+async def test_the_configured_default_model_wins_over_spec_aliases(tmp_path):
+    from tests.fixtures.scripted_engine import scripted_pool
+
+    pool, registry = scripted_pool(tmp_path, default_model="other")  # `tiny` declares the alias `default`
+    registry.publish("other", {"mlx-float16": tmp_path / "artifact"}, serve={})
+    await pool.start()
+    try:
+        assert (await pool.describe("default")).ref == "other@1"
+        assert (await pool.probe()).ref == "other@1"
+    finally:
+        await pool.stop()
