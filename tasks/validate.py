@@ -128,10 +128,13 @@ def report_markdown(spec_name: str, reports: list[dict[str, Any]]) -> str:
 
 
 def _cell(result: dict[str, Any]) -> str:
+    """The verdict and the measured value; a gate also shows its threshold (`✅ 22.6 (≤ 30)`)."""
     mark = "✅" if result["passed"] else "❌"
     value = result["value"]
     if isinstance(value, str):
         value = value.replace("|", "\\|").replace("\n", " ")[:40]
+    if result.get("threshold") is not None:
+        value = f"{value} ({'≥' if result['bound'] == 'min' else '≤'} {result['threshold']})"
     return f"{mark} {value}" if value not in (None, "") else mark
 
 

@@ -30,7 +30,7 @@ def test_report_table_has_a_row_per_format_and_lists_failures():
     markdown = report_markdown("m", reports)
     assert "| format | loads | perplexity | result |" in markdown
     assert "| mlx-float16 | ✅ | – | passed |" in markdown
-    assert "| mlx-q4-g64 | ✅ | ❌ 99.5 | **failed** |" in markdown
+    assert "| mlx-q4-g64 | ✅ | ❌ 99.5 (≤ 30) | **failed** |" in markdown  # a gate shows its threshold
     assert failures(reports) == ["mlx-q4-g64: perplexity 99.5 > max 30"]
     assert "- mlx-q4-g64: perplexity 99.5 > max 30" in markdown
 
