@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from factory.services import PrefectServer, ServeOptions, serve, start_prefect_server
+from factory.services import (PrefectServer, ServeOptions, child_pids, exit_on_signals, start_prefect_server,
+                              start_server, stop_processes)
 from factory.settings import Settings
 from factory.spec import SpecError, discover_specs, find_spec, load_spec
 
@@ -102,6 +103,9 @@ def worker() -> int:
 
     command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", WORK_POOL, "--type", "process"]
     os.chdir(PROJECT_DIR)
+    # Prefect's worker stops on SIGTERM by sending itself SIGINT: were SIGINT left ignored, as for a shell script's
+    # background job (`factory up &`), nothing but SIGKILL would stop it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.execv(sys.executable, command)  # become the worker, so signals (Ctrl-C, SIGTERM) reach it directly
 
 
@@ -117,29 +121,32 @@ def ensure_prefect_server(settings: Settings) -> PrefectServer | None:
 
 def up(spec: str, options: ServeOptions) -> int:
     """Prefect server (unless one is configured), build and publish `spec`, register the deployments and start a
-    worker (so the server's fine-tuning API has something to run on), then serve the registry."""
+    worker (so the server's fine-tuning API has something to run on), then serve the registry.
+
+    However it ends (the server exits, Ctrl-C, SIGTERM from a service manager, a container runtime or `kill`, or a
+    failed step), every process it started stops with it: first the worker and gunicorn with what they started, then
+    the Prefect server they report to (SIGKILL for whatever outlives `STOP_GRACE_S`)."""
     settings = Settings.from_env()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops what we started
-    server = ensure_prefect_server(settings)
-    worker_process = None
-    try:
-        row = build_one_row(spec, "specs")
-        print(f"{row['spec']}: {row['status']} {row['version']}", flush=True)
-        if row["status"] in ("failed", "invalid"):
-            print(row["detail"], file=sys.stderr)
-            return 1
-        if deploy() != 0:
-            return 1
-        worker_process = subprocess.Popen([sys.executable, "-m", "factory.cli", "worker"], cwd=PROJECT_DIR,
-                                          stdout=open(settings.prefect_home / "worker.log", "ab"),
-                                          stderr=subprocess.STDOUT)
-        return serve(options)
-    finally:
-        if worker_process is not None:
-            worker_process.terminate()
-            try:
-                worker_process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker_process.kill()
-        if server is not None:
-            server.stop()
+    server: PrefectServer | None = None
+    children: list[subprocess.Popen] = []
+    with exit_on_signals():  # SIGTERM and SIGHUP raise SystemExit here, as Ctrl-C raises KeyboardInterrupt
+        try:
+            server = ensure_prefect_server(settings)
+            row = build_one_row(spec, "specs")
+            print(f"{row['spec']}: {row['status']} {row['version']}", flush=True)
+            if row["status"] in ("failed", "invalid"):
+                print(row["detail"], file=sys.stderr)
+                return 1
+            if deploy() != 0:
+                return 1
+            children.append(subprocess.Popen([sys.executable, "-m", "factory.cli", "worker"], cwd=PROJECT_DIR,
+                                             stdout=open(settings.prefect_home / "worker.log", "ab"),
+                                             stderr=subprocess.STDOUT, start_new_session=True))
+            children.append(start_server(options))
+            return children[-1].wait()
+        finally:
+            server_pids = {server.process.pid} if server is not None else set()
+            # child_pids() also finds a child started the instant the signal came, before `children` held it
+            stop_processes(children, pids=set(child_pids()) - server_pids)
+            if server is not None:
+                server.stop()

@@ -1,22 +1,33 @@
 """Session-wide fixtures: an offline guard, a real Prefect server, the tiny model, and the local hub.
 
-Prefect reads its settings when it is imported, so this module points them at a private PREFECT_HOME and at the
-port where the session's server will listen before any test module imports Prefect.
+The suite sets the environment it runs in. huggingface_hub reads its variables when it is imported (HF_HUB_OFFLINE,
+common on offline machines, would make it refuse even the local hub) and Prefect reads its settings then too, so
+before anything imports either, this module drops every inherited HF_*/PREFECT_* variable (and the older names
+huggingface_hub still reads), then points Prefect at a private PREFECT_HOME and at the port where the session's
+server will listen.
 """
 from __future__ import annotations
 
-import ipaddress
 import os
-import socket
-import tempfile
-from pathlib import Path
+import sys
 
-import pytest
+INHERITED_PREFIXES = ("HF_", "HUGGINGFACE_", "PREFECT_")
+INHERITED_NAMES = ("TRANSFORMERS_OFFLINE",)  # huggingface_hub reads it as HF_HUB_OFFLINE
+for _name in [name for name in os.environ if name.startswith(INHERITED_PREFIXES) or name in INHERITED_NAMES]:
+    del os.environ[_name]
+assert not {"huggingface_hub", "prefect"} & set(sys.modules), "imported before tests/conftest.py set the environment"
 
-from factory.services import free_port, start_prefect_server
-from factory.settings import Settings
-from tests.fixtures.local_hub import LocalHub
-from tests.fixtures.tiny_model import make_tiny_model
+import ipaddress  # noqa: E402
+import socket  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from factory.services import free_port, start_prefect_server  # noqa: E402
+from factory.settings import Settings  # noqa: E402
+from tests.fixtures.local_hub import LocalHub  # noqa: E402
+from tests.fixtures.tiny_model import make_tiny_model  # noqa: E402
 
 SESSION_ROOT = Path(tempfile.mkdtemp(prefix="factory-tests-"))
 PREFECT_PORT = free_port()
