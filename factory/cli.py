@@ -11,7 +11,8 @@
     factory finetune NAME [--train F ...] fine-tune as a spec's fine_tune: says, or any registry model with --train
     factory deploy                       register prefect.yaml's deployments and one per scheduled spec
     factory worker                       start a Prefect worker on the factory's work pool
-    factory serve [--port 8080 ...]      the OpenAI-compatible server (gunicorn), hot-reloading the registry
+    factory serve [PATH] [--port 8080 ...]  the OpenAI-compatible server (gunicorn), hot-reloading the registry;
+                                         with PATH (a .gguf file or model folder), build it and serve it as default
     factory up                           Prefect server (unless PREFECT_API_URL is set), build the demo, serve
 
 Commands that run flows import them lazily, so `factory spec` and `factory registry` stay light and this kernel
@@ -25,6 +26,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from factory.registry import Registry, RegistryError
 from factory.services import ServeOptions, apply_prefect_environment, serve, with_openblas
@@ -103,12 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     tune.set_defaults(run=run_finetune)
     subcommands.add_parser("deploy", help="register the Prefect deployments").set_defaults(run=run_deploy)
     subcommands.add_parser("worker", help="start a Prefect worker").set_defaults(run=run_worker)
-    serve = subcommands.add_parser("serve", help="serve the registry over the OpenAI API")
+    serve = subcommands.add_parser("serve", help="serve the registry over the OpenAI API (or one model file: PATH)")
+    serve.add_argument("model", nargs="?", metavar="PATH",
+                       help="a .gguf file or a Hugging Face-layout folder: build it (validated, published), serve it "
+                            "as `default`")
+    serve.add_argument("--name", help="the model's name for PATH (default: from the file name)")
+    serve.add_argument("--context-length", type=int, help="for PATH: tokens of context per request")
+    serve.add_argument("--max-tokens", type=int, help="for PATH: default completion length")
+    serve.add_argument("--temperature", type=float, help="for PATH: default sampling temperature")
+    serve.add_argument("--top-p", type=float, help="for PATH: default nucleus sampling")
+    serve.add_argument("--draft", help="for PATH: a draft model for speculative decoding (not implemented yet)")
     add_serve_options(serve)
     serve.set_defaults(run=run_serve)
     up = subcommands.add_parser("up", help="Prefect server, build the demo spec, serve it")
     add_serve_options(up)
-    up.add_argument("--spec", default="specs/tiny-demo.yaml")
+    up.add_argument("--spec", default="specs/smollm2-135m-instruct.yaml")
     up.set_defaults(run=run_up)
     return parser
 
@@ -246,15 +257,24 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registry", help="registry root (default: $FACTORY_ROOT/registry)")
     parser.add_argument("--memory-mb", type=float, help="budget for loaded models; LRU unloads beyond it")
     parser.add_argument("--queue-size", type=int, help="waiting requests per model before 429")
+    parser.add_argument("--default-model", help="the model the id `default` names (over specs' aliases)")
 
 
 def serve_options(args: argparse.Namespace) -> ServeOptions:
     return ServeOptions(host=args.host, port=args.port, workers=args.workers, registry=args.registry,
-                        memory_mb=args.memory_mb, queue_size=args.queue_size)
+                        memory_mb=args.memory_mb, queue_size=args.queue_size, default_model=args.default_model)
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    return serve(serve_options(args))
+    if args.model is None:
+        return serve(serve_options(args))
+    from flows import commands
+
+    defaults = {key: value for key, value in (("max_tokens", args.max_tokens), ("temperature", args.temperature),
+                                              ("top_p", args.top_p)) if value is not None}
+    settings = {"context_length": args.context_length, "defaults": defaults or None, "draft": args.draft}
+    return commands.serve_model_file(Path(args.model), args.name, {k: v for k, v in settings.items() if v},
+                                     serve_options(args))
 
 
 def run_up(args: argparse.Namespace) -> int:

@@ -250,6 +250,7 @@ class ServeOptions:
     registry: Path | None = None
     memory_mb: float | None = None
     queue_size: int | None = None
+    default_model: str | None = None  # the model the id `default` names
 
 
 def start_server(options: ServeOptions) -> subprocess.Popen:
@@ -263,6 +264,8 @@ def start_server(options: ServeOptions) -> subprocess.Popen:
         env["FACTORY_SERVE_MEMORY_MB"] = str(options.memory_mb)
     if options.queue_size is not None:
         env["FACTORY_SERVE_QUEUE_SIZE"] = str(options.queue_size)
+    if options.default_model is not None:
+        env["FACTORY_SERVE_DEFAULT_MODEL"] = options.default_model
     print(f"serving on http://{options.host}:{options.port}/v1", flush=True)
     return subprocess.Popen(SERVER_COMMAND, cwd=PROJECT_DIR, env=with_openblas(env), start_new_session=True)
 

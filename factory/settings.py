@@ -27,6 +27,11 @@ class Settings:
     def runs(self) -> Path:
         return self.root / "runs"
 
+    @property
+    def implicit_specs(self) -> Path:
+        """Specs that `factory serve PATH` writes for the model files it is given."""
+        return self.root / "specs"
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
         env = os.environ if environ is None else environ

@@ -5,6 +5,7 @@ Long-lived processes (Prefect server, worker, gunicorn) are started as child pro
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 import signal
 import subprocess
 import sys
@@ -13,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from factory.services import (PrefectServer, ServeOptions, child_pids, exit_on_signals, start_prefect_server,
-                              start_server, stop_processes)
+from factory.services import (PrefectServer, ServeOptions, child_pids, exit_on_signals, serve,
+                              start_prefect_server, start_server, stop_processes)
 from factory.settings import Settings
 from factory.spec import SpecError, discover_specs, find_spec, load_spec
 
@@ -119,6 +120,27 @@ def ensure_prefect_server(settings: Settings) -> PrefectServer | None:
     return server
 
 
+def serve_model_file(path: Path, name: str | None, serve_settings: dict[str, Any], options: ServeOptions) -> int:
+    """`factory serve PATH`: write an implicit spec for a model file or folder, build it through the same flow as any
+    spec (validated, published), then serve the registry with it as `default`."""
+    from factory.implicit_spec import write_implicit_spec
+
+    try:
+        spec_file = write_implicit_spec(path, Settings.from_env().implicit_specs, name, serve_settings)
+        loaded = load_spec(spec_file)
+    except (OSError, ValueError, SpecError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    for warning in loaded.warnings:
+        print(warning, file=sys.stderr)
+    row = build_one_row(str(spec_file), str(spec_file.parent))
+    print(f"{row['spec']}: {row['status']} {row['version']}", flush=True)
+    if row["status"] in ("failed", "invalid"):
+        print(row["detail"], file=sys.stderr)
+        return 1
+    return serve(replace(options, default_model=loaded.spec.name))
+
+
 def up(spec: str, options: ServeOptions) -> int:
     """Prefect server (unless one is configured), build and publish `spec`, register the deployments and start a
     worker (so the server's fine-tuning API has something to run on), then serve the registry.
@@ -137,6 +159,7 @@ def up(spec: str, options: ServeOptions) -> int:
             if row["status"] in ("failed", "invalid"):
                 print(row["detail"], file=sys.stderr)
                 return 1
+            options = replace(options, default_model=options.default_model or row["spec"])
             if deploy() != 0:
                 return 1
             children.append(subprocess.Popen([sys.executable, "-m", "factory.cli", "worker"], cwd=PROJECT_DIR,
