@@ -72,8 +72,6 @@ def deployments_file(settings: Settings) -> Path:
     """prefect.yaml plus one scheduled `build-model/<name>` deployment per spec that declares `schedule:`."""
     config = yaml.safe_load((PROJECT_DIR / "prefect.yaml").read_text())
     for path in discover_specs([PROJECT_DIR / "specs"]):
-        if path.parent.name == "examples":
-            continue
         spec = load_spec(path).spec
         if spec.schedule:
             config["deployments"].append({
