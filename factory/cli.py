@@ -181,10 +181,21 @@ def registry_show(args: argparse.Namespace) -> int:
     for key, artifact in manifest["artifacts"].items():
         size = sum(entry["size"] for entry in artifact["files"].values())
         print(f"  {key:<16} {len(artifact['files'])} files, {_bytes(size)}")
-    if manifest.get("report"):
-        print("  report")
-        print("    " + json.dumps(manifest["report"], indent=2).replace("\n", "\n    "))
+    for report in (manifest.get("report") or {}).get("formats", []):
+        print(f"  validation of {report['format']}: {'passed' if report['passed'] else 'FAILED'}")
+        for result in report["checks"]:
+            print(f"    {result['name']:<28} {_measured(result)}")
     return 0
+
+
+def _measured(result: dict) -> str:
+    """`ok  22.555 (max 30)`: the verdict, what was measured, and the gate's threshold when it has one."""
+    value = result.get("value")
+    shown = "" if value is None else (" ".join(value.split())[:60] if isinstance(value, str) else f"{value:g}")
+    if result.get("threshold") is not None:
+        shown += f" ({result['bound']} {result['threshold']:g})"
+    detail = f"  {result['detail'][:80]}" if result.get("detail") and not result["passed"] else ""
+    return f"{'ok  ' if result['passed'] else 'FAIL'}  {shown}{detail}".rstrip()
 
 
 def registry_promote(args: argparse.Namespace) -> int:

@@ -20,8 +20,12 @@ def registry(tmp_path):
     (artifact / "model.safetensors").write_bytes(b"\0" * 4096)
     registry = Registry(tmp_path / "registry")
     for _ in range(3):
-        registry.publish("tiny", {"mlx-float16": artifact, "mlx-q4-g64": artifact}, spec_hash="f00",
-                         report={"mlx-float16": {"passed": True}})
+        registry.publish("tiny", {"mlx-float16": artifact, "mlx-q4-g64": artifact}, spec_hash="f00", report={
+            "formats": [{"format": "mlx-q4-g64", "passed": False, "checks": [
+                {"name": "loads", "passed": True, "value": None, "detail": ""},
+                {"name": "prompt[0]", "passed": True, "value": "The answer\nis 4.", "detail": ""},
+                {"name": "perplexity", "passed": False, "value": 99.5, "detail": "", "bound": "max",
+                 "threshold": 30}]}]})
     registry.publish("other", {"gguf-q4_0": artifact / "model.safetensors"})
     return registry
 
@@ -42,7 +46,10 @@ def test_show_prints_lineage_files_and_report(registry):
     assert result.stdout.startswith("tiny@2  (no aliases)")
     assert "spec_hash        f00" in result.stdout
     assert "mlx-q4-g64       1 files, 4.0 KiB" in result.stdout
-    assert '"passed": true' in result.stdout
+    # every check with its verdict and measured value; a gate with its threshold
+    assert "  validation of mlx-q4-g64: FAILED" in result.stdout
+    assert "    prompt[0]                    ok    The answer is 4." in result.stdout
+    assert "    perplexity                   FAIL  99.5 (max 30)" in result.stdout
 
 
 def test_promote_then_rollback(registry):
