@@ -117,6 +117,36 @@ def test_a_tied_qwen2_stores_its_embedding_once_and_validates(tmp_path, tied_qwe
     assert all(c["passed"] for c in checks), checks  # weight_bytes counts the embedding once
 
 
+# Trained models carry residual activations in the hundreds or thousands (SmolLM2-135M: up to 24926), which float16
+# holds (max 65504) but whose squares it does not: RMSNorm's mean of squares overflowed, and every float16 export of
+# SmolLM2 answered <|endoftext|>. Scaling the residual stream by a power of two (the embedding and the projections
+# that write into it) leaves every norm's output as it was (but for eps), so the loud model is still a sound model.
+LOUD = 2.0 ** 15
+
+
+@pytest.fixture(scope="module")
+def loud_llama(tmp_path_factory):
+    """The tiny llama with a residual stream 2**15 times louder: every token's mean square is past float16's max."""
+    model = make_tiny_model(tmp_path_factory.mktemp("loud") / "model", seed=5)
+    weights = load_file(model / "model.safetensors")
+    for name in weights:
+        if name == "model.embed_tokens.weight" or name.endswith(("o_proj.weight", "down_proj.weight")):
+            weights[name] = weights[name] * np.float32(LOUD)
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    return model
+
+
+@pytest.mark.parametrize("compress", ["none", "int8"])
+def test_float16_exports_survive_activations_whose_squares_overflow_float16(tmp_path, loud_llama, compress):
+    embedding = load_file(loud_llama / "model.safetensors")["model.embed_tokens.weight"]
+    assert np.sqrt(np.mean(embedding.astype(np.float64) ** 2, axis=-1)).min() > 256  # mean square > 65504
+    assert np.abs(embedding).max() < 65504 / 8  # ... while the values themselves fit float16 with room
+    options = CoremlFormat(precision="float16", compress=compress, context_length=CONTEXT)
+    export_coreml(loud_llama, tmp_path / "out", options)
+    checks, _ = validate_coreml(tmp_path / "out", loud_llama)
+    assert failures([{"format": options.key, "checks": checks}]) == []
+
+
 def test_a_damaged_package_fails_to_read(exports, tmp_path, tiny_model):
     directory = shutil.copytree(exports["coreml-float16"], tmp_path / "damaged")
     (directory / PACKAGE / "Manifest.json").unlink()
