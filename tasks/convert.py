@@ -25,7 +25,7 @@ from formats.gguf.export import export_gguf
 from tasks.download import SourceSnapshot
 
 HEAVY = "factory-heavy"
-CONVERTER_VERSION = 2  # bump when this module's output changes for the same inputs
+CONVERTER_VERSION = 3  # bump when this module's output changes for the same inputs
 
 
 class ConversionFailed(Exception):
