@@ -4,7 +4,9 @@ and the server keeps answering. (The same probes through real gunicorn, with slo
 are in tests/serving/test_hostile.py.)"""
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 
 import pytest
 
@@ -162,3 +164,42 @@ async def test_configured_origins_are_allowed(tmp_path):
     await pool.stop()
     assert allowed.headers["access-control-allow-origin"] == "http://localhost:5173"
     assert "access-control-allow-origin" not in other.headers
+
+
+# ------------------------------------------------------------------ the event loop only moves bytes
+
+
+async def test_heavy_work_never_runs_on_the_event_loop(api, pool_and_registry, monkeypatch):
+    """Parsing bodies, tokenizing prompts, checking and fsyncing uploads, and joining an unloaded model's engine
+    thread each run in a worker thread: on the loop they stalled every other client of the worker for seconds."""
+    import threading
+
+    import serving.api.resources.files as files_resource
+    import serving.api.schemas as schemas
+    import serving.inference.local.model as local_model
+
+    on_loop: dict[str, bool] = {}
+    real_fsync = os.fsync
+
+    def spy(name, function):
+        def wrapped(*args, **kwargs):
+            on_loop[name] = threading.current_thread() is threading.main_thread()
+            return function(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(schemas, "decode_and_parse", spy("parse", schemas.decode_and_parse))
+    monkeypatch.setattr(local_model, "prompt_tokens", spy("tokenize", local_model.prompt_tokens))
+    monkeypatch.setattr(files_resource, "parse_training_jsonl", spy("check upload", files_resource.parse_training_jsonl))
+    monkeypatch.setattr(os, "fsync", spy("fsync upload", real_fsync))
+    await api.post(CHAT, json={"model": "tiny", "messages": HI, "max_tokens": 2})
+    assert (await api.post("/v1/files", **multipart(b'{"text": "a"}\n'))).status_code == 200
+    assert on_loop == {"parse": False, "tokenize": False, "check upload": False, "fsync upload": False}
+
+    pool, registry = pool_and_registry
+    monkeypatch.setattr(os, "fsync", real_fsync)  # publishing below fsyncs from this test's own thread
+    model = pool.loaded["tiny@1"]
+    monkeypatch.setattr(model, "unload", spy("unload", model.unload))
+    registry.publish("tiny", {"mlx-float16": registry.resolve("tiny").artifact("mlx-float16")})
+    while "tiny@1" in pool.loaded or "unload" not in on_loop:  # the watcher swaps in tiny@2 and retires tiny@1
+        await asyncio.sleep(0.05)
+    assert on_loop["unload"] is False
