@@ -14,16 +14,12 @@ from typing import Any
 
 
 @dataclass
-class GenerateRequest:
-    """One generation of `n` sequences from chat messages (rendered by the model's template) or a raw prompt.
+class SamplingParams:
+    """How to sample one sequence. In a request, None means the model's serving default (the spec's
+    `serve.defaults`; max_tokens: also capped by the room left in the context); the local model resolves every
+    value before an engine sees it."""
 
-    Sampling fields left as None take the model's serving defaults (the spec's `serve.defaults`).
-    """
-
-    messages: list[dict[str, str]] | None = None
-    prompt: str | None = None
-    n: int = 1
-    max_tokens: int | None = None  # None: the model's default, capped by the room left in the context
+    max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
     stop: list[str] = field(default_factory=list)
@@ -34,26 +30,20 @@ class GenerateRequest:
     frequency_penalty: float | None = None
     logit_bias: dict[int, float] | None = None
 
+
+@dataclass
+class GenerateRequest:
+    """One generation of `n` sequences from chat messages (rendered by the model's template) or a raw prompt."""
+
+    messages: list[dict[str, str]] | None = None
+    prompt: str | None = None
+    n: int = 1
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
     @property
     def input_param(self) -> str:
         """The request field that holds the input, for errors about it."""
         return "messages" if self.messages is not None else "prompt"
-
-
-@dataclass
-class SamplingParams:
-    """What an engine needs to generate one sequence: every value resolved."""
-
-    max_tokens: int
-    temperature: float = 0.7
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-    logprobs: bool = False
-    top_logprobs: int = 0
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[int, float] | None = None
 
 
 # ---------------------------------------------------------------- events

@@ -2,7 +2,6 @@
 and the GGUF file helper the server may use stays stdlib only."""
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -10,19 +9,10 @@ from pathlib import Path
 import pytest
 
 from formats.gguf.files import gguf_file
+from tests.test_layers import imports
 
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = ("tasks", "flows", "serving", "prefect")
-
-
-def imports(path: Path) -> set[str]:
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            found.add(node.module)
-        elif isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-    return found
 
 
 def test_formats_never_import_tasks_flows_serving_or_prefect():

@@ -1,13 +1,31 @@
-"""The one generation skeleton that chat and text completions share: lease the model, start the request, then
-stream it as server-sent events or collect it into one response. Wire formats differ only in their renderer."""
+"""The one generation skeleton that chat and text completions share: parse the body, lease the model, start the
+request, then stream it as server-sent events or collect it into one response. Endpoints differ only in their
+request schema and renderer:
+
+    POST /v1/chat/completions (and /chat)   ChatCompletionRequest → ChatRenderer (messages through the template)
+    POST /v1/completions                    CompletionRequest → CompletionRenderer (a raw prompt)
+"""
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
 
 from serving.api.render.openai import Choice, Renderer, Usage
+from serving.api.schemas import read_json
+from serving.api.schemas.openai import GenerationRequest
 from serving.api.sse import sse_events
 from serving.inference.handle import EventStream, ModelCatalog
 from serving.inference.types import DoneEvent, GenerateRequest, GenerationFailed
+
+
+class GenerationEndpoint:
+    def __init__(self, models: ModelCatalog, schema: type[GenerationRequest], renderer: type[Renderer]):
+        self.models, self.schema, self.renderer = models, schema, renderer
+
+    async def on_post(self, req, resp):
+        request = await read_json(req, self.schema)
+        req.context.model = request.model
+        await respond(resp, self.models, request.model, request.generate_request(), self.renderer,
+                      stream=request.stream, include_usage=request.include_usage)
 
 
 async def respond(resp, models: ModelCatalog, model_id: str, request: GenerateRequest, renderer_class: type[Renderer],
@@ -20,7 +38,7 @@ async def respond(resp, models: ModelCatalog, model_id: str, request: GenerateRe
     except BaseException:
         await stack.aclose()
         raise
-    renderer = renderer_class(model_id, events.ref, logprobs=request.logprobs, include_usage=include_usage)
+    renderer = renderer_class(model_id, events.ref, logprobs=request.sampling.logprobs, include_usage=include_usage)
     if stream:
         resp.sse = sse_events(events, renderer, request.n, stack.aclose)
         return

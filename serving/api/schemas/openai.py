@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from serving.api.errors import invalid
 from serving.api.schemas import Lenient
-from serving.inference.types import GenerateRequest
+from serving.inference.types import GenerateRequest, SamplingParams
 
 
 class TextPart(Lenient):
@@ -53,7 +53,8 @@ class GenerationRequest(Lenient):
     stream: bool = False
     stream_options: StreamOptions | None = None
 
-    def generate_request(self, **input_and_logprobs: Any) -> GenerateRequest:
+    def generate_request(self, *, max_tokens: int | None, logprobs: bool, top_logprobs: int,
+                         **prompt: Any) -> GenerateRequest:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         if any(s == "" for s in stops):
             raise invalid("stop sequences must not be empty", param="stop")
@@ -61,9 +62,11 @@ class GenerationRequest(Lenient):
             bias = {int(token): value for token, value in (self.logit_bias or {}).items()} or None
         except ValueError:
             raise invalid("logit_bias keys must be token ids", param="logit_bias") from None
-        return GenerateRequest(n=self.n, temperature=self.temperature, top_p=self.top_p, stop=stops, seed=self.seed,
-                               presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
-                               logit_bias=bias, **input_and_logprobs)
+        sampling = SamplingParams(max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, stop=stops,
+                                  seed=self.seed, logprobs=logprobs, top_logprobs=top_logprobs,
+                                  presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+                                  logit_bias=bias)
+        return GenerateRequest(n=self.n, sampling=sampling, **prompt)
 
     @property
     def include_usage(self) -> bool:

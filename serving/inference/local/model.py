@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from factory.registry import Version
 from factory.spec import Serve
@@ -63,33 +63,30 @@ class LocalModel:
     # ------------------------------------------------------------ request checks
 
     def _sampling(self, request: GenerateRequest, prompt_length: int) -> list[SamplingParams]:
-        """One parameter set per sequence, after checking them against the engine and the context window."""
-        engine, defaults, context = self.engine, self.serve.defaults, self.serve.context_length
-        if (request.presence_penalty or request.frequency_penalty) and not engine.supports_penalties:
+        """One parameter set per sequence, every value resolved, after checking them against the engine and the
+        context window."""
+        engine, defaults, context, asked = self.engine, self.serve.defaults, self.serve.context_length, request.sampling
+        if (asked.presence_penalty or asked.frequency_penalty) and not engine.supports_penalties:
             raise InvalidRequest(f"presence/frequency penalties are not supported by the {engine.name} engine",
-                                 param="presence_penalty" if request.presence_penalty else "frequency_penalty")
-        if request.logprobs and not engine.supports_logprobs:
+                                 param="presence_penalty" if asked.presence_penalty else "frequency_penalty")
+        if asked.logprobs and not engine.supports_logprobs:
             raise InvalidRequest(f"logprobs are not supported by the {engine.name} engine", param="logprobs")
-        if any(not 0 <= token < engine.vocab_size for token in request.logit_bias or {}):
+        if any(not 0 <= token < engine.vocab_size for token in asked.logit_bias or {}):
             raise InvalidRequest(f"logit_bias keys must be token ids of this model (0 to {engine.vocab_size - 1})",
                                  param="logit_bias")
         room = context - prompt_length
         if room <= 0:
             raise InvalidRequest(f"the prompt has {prompt_length} tokens; this model's context length is {context}",
                                  param=request.input_param, code="context_length_exceeded")
-        wanted = request.max_tokens or min(defaults.max_tokens, room)
+        wanted = asked.max_tokens or min(defaults.max_tokens, room)
         if wanted > room:
             raise InvalidRequest(f"max_tokens {wanted} plus the prompt's {prompt_length} tokens exceed this model's "
                                  f"context length {context}", param="max_tokens", code="context_length_exceeded")
-        return [SamplingParams(
-            max_tokens=wanted,
-            temperature=defaults.temperature if request.temperature is None else request.temperature,
-            top_p=defaults.top_p if request.top_p is None else request.top_p,
-            stop=request.stop, seed=None if request.seed is None else (request.seed + index) % SEED_RANGE,
-            logprobs=request.logprobs, top_logprobs=request.top_logprobs,
-            presence_penalty=request.presence_penalty, frequency_penalty=request.frequency_penalty,
-            logit_bias=request.logit_bias,
-        ) for index in range(request.n)]
+        resolved = replace(asked, max_tokens=wanted,
+                           temperature=defaults.temperature if asked.temperature is None else asked.temperature,
+                           top_p=defaults.top_p if asked.top_p is None else asked.top_p)
+        return [replace(resolved, seed=None if asked.seed is None else (asked.seed + index) % SEED_RANGE)
+                for index in range(request.n)]
 
 
 class LocalStream:

@@ -9,7 +9,7 @@ from serving.inference.types import GenerateRequest, SamplingParams
 
 def greedy_text(engine, prompt: str, max_tokens: int = 24) -> str:
     detokenizer = engine.detokenizer()
-    engine.insert(engine.encode(prompt), SamplingParams(max_tokens=max_tokens, temperature=0))
+    engine.insert(engine.encode(prompt), SamplingParams(max_tokens=max_tokens, temperature=0, top_p=1.0))
     text, done = "", False
     while not done:
         for output in engine.step():
