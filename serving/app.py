@@ -11,13 +11,14 @@ from factory.files import FileStore
 from factory.registry import Registry
 from serving.api import errors
 from serving.api.middleware import BodyLimit, Lifecycle, RequestContext
-from serving.api.resources.chat import ChatCompletions
-from serving.api.resources.completions import Completions
+from serving.api.render.openai import ChatRenderer, CompletionRenderer
 from serving.api.resources.files import Files
 from serving.api.resources.fine_tuning import FineTuningJobs
+from serving.api.resources.generation import GenerationEndpoint
 from serving.api.resources.health import Health, Ready
 from serving.api.resources.metrics import Metrics
 from serving.api.resources.models import Models
+from serving.api.schemas.openai import ChatCompletionRequest, CompletionRequest
 from serving.config import ServerConfig
 from serving.inference.handle import ModelCatalog
 from serving.jobs import FineTuneJobs
@@ -47,10 +48,10 @@ def create_app(config: ServerConfig | None = None, *, models: ModelCatalog | Non
     listing = Models(models)
     app.add_route("/v1/models", listing)
     app.add_route("/v1/models/{model_id}", listing, suffix="one")
-    chat = ChatCompletions(models)
+    chat = GenerationEndpoint(models, ChatCompletionRequest, ChatRenderer)
     app.add_route("/v1/chat/completions", chat)
     app.add_route("/chat", chat)  # the path the product's first plan named
-    app.add_route("/v1/completions", Completions(models))
+    app.add_route("/v1/completions", GenerationEndpoint(models, CompletionRequest, CompletionRenderer))
     app.add_route("/health", Health())
     app.add_route("/ready", Ready(models))
     app.add_route("/metrics", Metrics(models))
