@@ -16,3 +16,6 @@ keepalive = 5
 accesslog = None  # the app writes one JSON line per request itself
 errorlog = "-"
 loglevel = os.environ.get("FACTORY_SERVE_LOG_LEVEL", "info")
+# gunicorn 25+ opens a control socket at one fixed path per user ($HOME/.gunicorn/gunicorn.ctl): every server on the
+# machine (several in the test suite, `factory serve` beside `make up`) would take it over from the others.
+control_socket_disable = True
