@@ -28,15 +28,35 @@ from tasks.convert import HEAVY
 
 @dataclass(frozen=True)
 class TrainingSettings:
+    """What to train and how. `epochs` and `batch_size` left as None are "auto" (OpenAI's word): they follow the
+    size of the training set, see `batch` and `iterations`; `learning_rate` left as None follows the method.
+
+    The defaults are measured (bench/finetune_real.py, SmolLM2-135M-Instruct): with six made-up facts, one example
+    per step for five epochs teaches all six in about two minutes on two CPU cores while the model keeps its general
+    answers (11-12 of 12) -- at 3e-5 for the adapters (their update is scaled by 20, see _make_trainable), 1e-5
+    for full fine-tuning. A higher rate or more passes overwrite what the model knew ("the capital of France is
+    Blorptown"); a lower rate or fewer passes leave facts unlearned. An explicit n_epochs of 3 teaches 1 of 6.
+    """
     method: str = "lora"
     iters: int | None = None
-    epochs: int | None = None
-    batch_size: int = 4
-    learning_rate: float = 1e-4
+    epochs: int | None = None  # None: auto, see iterations()
+    batch_size: int | None = None  # None: auto, see batch()
+    learning_rate: float | None = None  # None: LEARNING_RATES[method]
     rank: int = 8
     layers: int | None = None  # None: every layer
     seed: int = 0
     max_seq_length: int = 2048
+
+    LEARNING_RATES = {"lora": 3e-5, "dora": 3e-5, "qlora": 3e-5, "full": 1e-5}
+    SMALL_SET = 32  # training rows; up to this many, auto trains one row per step for SMALL_SET_EPOCHS passes
+    SMALL_SET_EPOCHS = 5
+    EPOCHS = 3
+    BATCH_SIZE = 4
+
+    def __post_init__(self):
+        if self.learning_rate is None:
+            rate = self.LEARNING_RATES.get(self.method, self.LEARNING_RATES["lora"])
+            object.__setattr__(self, "learning_rate", rate)
 
     @classmethod
     def from_hyperparameters(cls, values: dict[str, Any], seed: int = 0) -> "TrainingSettings":
@@ -45,24 +65,35 @@ class TrainingSettings:
             value = values.get(key)
             return None if value in (None, "auto") else value
 
-        settings = cls(seed=seed)
+        settings = cls(method=given("method") or cls.method, seed=seed)
         multiplier = given("learning_rate_multiplier")
+        batch_size = given("batch_size")
         return cls(
-            method=given("method") or settings.method,
+            method=settings.method,
             iters=given("iters"),
             epochs=given("n_epochs") or given("epochs"),
-            batch_size=int(given("batch_size") or settings.batch_size),
+            batch_size=int(batch_size) if batch_size else None,
             learning_rate=float(given("learning_rate") or settings.learning_rate * (multiplier or 1)),
             rank=int(given("rank") or settings.rank),
             layers=given("layers"),
             seed=seed,
         )
 
+    def batch(self, train_examples: int) -> int:
+        """Rows per step. Auto: mlx-lm's 4 when `iters` is given (steps then mean what they mean to mlx_lm.lora),
+        else one row per step for small sets: mlx-lm sorts rows by length into fixed batches and never trains the
+        remainder (the longest rows), so 6 facts in batches of 4 teach only 4."""
+        if self.batch_size:
+            return max(1, min(int(self.batch_size), train_examples))
+        if self.iters or train_examples > self.SMALL_SET:
+            return min(self.BATCH_SIZE, train_examples)
+        return 1
+
     def iterations(self, train_examples: int) -> int:
         if self.iters:
             return int(self.iters)
-        epochs = int(self.epochs or 3)
-        return max(1, epochs * math.ceil(train_examples / self.batch_size))
+        epochs = int(self.epochs or (self.SMALL_SET_EPOCHS if train_examples <= self.SMALL_SET else self.EPOCHS))
+        return max(1, epochs * math.ceil(train_examples / self.batch(train_examples)))
 
 
 @dataclass(frozen=True)
@@ -133,7 +164,7 @@ def train_and_fuse(base_dir: str, data: PreparedData, settings: TrainingSettings
         options = types.SimpleNamespace(mask_prompt=data.shape != "text")
         rows = {name: [json.loads(line) for line in (Path(data.directory) / f"{name}.jsonl").read_text().splitlines()]
                 for name in ("train", "valid")}
-        batch = min(settings.batch_size, data.train_examples)
+        batch = settings.batch(data.train_examples)
         # mlx-lm evaluates during training with the training batch size; repeating a small held-out set up to one
         # batch lets it run without changing the mean loss.
         repeats = math.ceil(batch / len(rows["valid"]))
