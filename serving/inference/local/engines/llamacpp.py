@@ -92,7 +92,7 @@ class LlamaCppEngine(Engine):
         eos, bos = self.model.token_eos(), self.model.token_bos()
         self.formatter = Jinja2ChatFormatter(
             template=metadata.get("tokenizer.chat_template", "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"),
-            eos_token=self._text(eos) if eos >= 0 else "", bos_token=self._text(bos) if bos >= 0 else "")
+            eos_token=self.token_text(eos) if eos >= 0 else "", bos_token=self.token_text(bos) if bos >= 0 else "")
         self.free_slots = deque(range(max_batch))
         self.waiting: deque[Sequence] = deque()
         self.active: dict[int, Sequence] = {}
@@ -139,9 +139,6 @@ class LlamaCppEngine(Engine):
             buffer = ctypes.create_string_buffer(-size)
             size = self.lc.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, special)
         return buffer.raw[:size]
-
-    def _text(self, token: int) -> str:
-        return self.token_text(token)
 
     # ------------------------------------------------------------ batch
 
