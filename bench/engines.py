@@ -167,8 +167,8 @@ def server_comparison(work: Path, gguf: Path, max_tokens: int) -> None:
     ours_port, peer_port = free_port(), free_port()
     ours = subprocess.Popen(SERVER_COMMAND,
                             cwd=ROOT, env={**os.environ, "FACTORY_REGISTRY": str(registry.root),
-                                           "FACTORY_SERVE_BIND": f"127.0.0.1:{ours_port}",
-                                           "FACTORY_SERVE_LOG_LEVEL": "warning"},
+                                           "FACTORY_SERVE_PORT": str(ours_port),
+                                           "FACTORY_SERVE_LOGS_LEVEL": "warning"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peer = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--port", str(peer_port),
                              "--n_ctx", "2048", "--n_threads", str(os.cpu_count()),

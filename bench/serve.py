@@ -78,8 +78,8 @@ def start_factory(work: Path, model: Path) -> tuple[subprocess.Popen, str, str]:
     registry = Registry(work / "registry")
     registry.publish("bench", {"mlx-float32": model}, serve={"context_length": 4096})
     port = free_port()
-    env = {**os.environ, "FACTORY_REGISTRY": str(registry.root), "FACTORY_SERVE_BIND": f"127.0.0.1:{port}",
-           "FACTORY_SERVE_LOG_LEVEL": "warning"}
+    env = {**os.environ, "FACTORY_REGISTRY": str(registry.root), "FACTORY_SERVE_PORT": str(port),
+           "FACTORY_SERVE_LOGS_LEVEL": "warning"}
     process = subprocess.Popen(SERVER_COMMAND, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     return process, f"http://127.0.0.1:{port}", "bench"

@@ -11,8 +11,11 @@
     factory finetune NAME [--train F ...] fine-tune as a spec's fine_tune: says, or any registry model with --train
     factory deploy                       register prefect.yaml's deployments and one per scheduled spec
     factory worker                       start a Prefect worker on the factory's work pool
-    factory serve [PATH] [--port 8080 ...]  the OpenAI-compatible server (gunicorn), hot-reloading the registry;
-                                         with PATH (a .gguf file or model folder), build it and serve it as default
+    factory serve [PATH] [--config server.yaml] [--port 8080 ...]
+                                         the OpenAI-compatible server (gunicorn), hot-reloading the registry;
+                                         with PATH (a .gguf file or model folder), build it and serve it as default;
+                                         --print-config: the effective settings and where each came from;
+                                         --print-schema: server.yaml's JSON Schema
     factory up                           Prefect server (unless PREFECT_API_URL is set), build the demo, serve
 
 Commands that run flows import them lazily, so `factory spec` and `factory registry` stay light and this kernel
@@ -30,6 +33,8 @@ from pathlib import Path
 
 from factory.registry import Registry, RegistryError
 from factory.services import ServeOptions, apply_prefect_environment, serve, with_openblas
+from factory.server_config import ServerConfigError
+from factory.server_config import json_schema as server_config_schema
 from factory.settings import Settings
 from factory.spec import FINE_TUNE_METHODS, SpecError, discover_specs, json_schema, load_spec
 
@@ -261,10 +266,19 @@ def run_worker(args: argparse.Namespace) -> int:
     return commands.worker()
 
 
+# Flags that override the server config: argparse destination -> the config field it sets.
+SERVE_FLAGS = {"host": "host", "port": "port", "workers": "workers", "registry": "registry",
+               "memory_mb": "models.memory_mb", "queue_size": "models.queue_size", "default_model": "models.default"}
+
+
 def add_serve_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--workers", type=int, default=1, help="each worker loads its own copy of the models")
+    parser.add_argument("--config", type=Path, metavar="SERVER_YAML",
+                        help="the server config (default: $FACTORY_SERVE_CONFIG, else built-in defaults)")
+    parser.add_argument("--print-config", action="store_true", help="show the effective settings and their origin")
+    parser.add_argument("--print-schema", action="store_true", help="print server.yaml's JSON Schema")
+    parser.add_argument("--host", help="default 127.0.0.1")
+    parser.add_argument("--port", type=int, help="default 8080")
+    parser.add_argument("--workers", type=int, help="default 1; each worker loads its own copy of the models")
     parser.add_argument("--registry", help="registry root (default: $FACTORY_ROOT/registry)")
     parser.add_argument("--memory-mb", type=float, help="budget for loaded models; LRU unloads beyond it")
     parser.add_argument("--queue-size", type=int, help="waiting requests per model before 429")
@@ -272,26 +286,51 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
 
 
 def serve_options(args: argparse.Namespace) -> ServeOptions:
-    return ServeOptions(host=args.host, port=args.port, workers=args.workers, registry=args.registry,
-                        memory_mb=args.memory_mb, queue_size=args.queue_size, default_model=args.default_model)
+    flags = {field: getattr(args, dest) for dest, field in SERVE_FLAGS.items() if getattr(args, dest) is not None}
+    if "registry" in flags:
+        flags["registry"] = str(Path(flags["registry"]).absolute())
+    return ServeOptions(config_file=args.config, flags=flags)
+
+
+def checked_serve_options(args: argparse.Namespace) -> ServeOptions | int:
+    """The options, or the exit status after --print-config / --print-schema or a config error."""
+    if args.print_schema:
+        print(json.dumps(server_config_schema(), indent=2))
+        return 0
+    options = serve_options(args)
+    try:
+        effective = options.effective()
+    except ServerConfigError as exc:
+        print("\n".join(exc.lines()), file=sys.stderr)
+        return 2
+    if args.print_config:
+        print_table(["SETTING", "VALUE", "FROM"], [list(row) for row in effective.rows()])
+        return 0
+    return options
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    options = checked_serve_options(args)
+    if isinstance(options, int):
+        return options
     if args.model is None:
-        return serve(serve_options(args))
+        return serve(options)
     from flows import commands
 
     defaults = {key: value for key, value in (("max_tokens", args.max_tokens), ("temperature", args.temperature),
                                               ("top_p", args.top_p)) if value is not None}
     settings = {"context_length": args.context_length, "defaults": defaults or None, "draft": args.draft}
     return commands.serve_model_file(Path(args.model), args.name, {k: v for k, v in settings.items() if v},
-                                     serve_options(args))
+                                     options)
 
 
 def run_up(args: argparse.Namespace) -> int:
+    options = checked_serve_options(args)
+    if isinstance(options, int):
+        return options
     from flows import commands
 
-    return commands.up(args.spec, serve_options(args))
+    return commands.up(args.spec, options)
 
 
 # ---------------------------------------------------------------- output

@@ -16,9 +16,11 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from typing import Any
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from factory.server_config import EffectiveConfig, load_server_config, server_environment
 from factory.settings import Settings
 
 
@@ -242,31 +244,27 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 SERVER_COMMAND = [sys.executable, "-m", "gunicorn", "-c", "serving/gunicorn_conf.py", "serving.asgi:app"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServeOptions:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    workers: int = 1
-    registry: Path | None = None
-    memory_mb: float | None = None
-    queue_size: int | None = None
-    default_model: str | None = None  # the model the id `default` names
+    """How to start the server: a server.yaml (or none) and the settings given as flags (dotted field -> value)."""
+
+    config_file: Path | None = None
+    flags: dict[str, Any] = field(default_factory=dict)
+
+    def effective(self) -> EffectiveConfig:
+        """What the server will run with (raises ServerConfigError, naming file, line and field)."""
+        return load_server_config(self.config_file, flags=self.flags)
+
+    def serving_default(self, name: str) -> "ServeOptions":
+        return replace(self, flags={**self.flags, "models.default": name})
 
 
 def start_server(options: ServeOptions) -> subprocess.Popen:
     """Start the OpenAI-compatible server (gunicorn, uvicorn workers) in a session of its own; stop it with
-    `stop_processes`."""
-    env = {**os.environ, "FACTORY_SERVE_BIND": f"{options.host}:{options.port}",
-           "FACTORY_SERVE_WORKERS": str(options.workers)}
-    if options.registry is not None:
-        env["FACTORY_REGISTRY"] = str(Path(options.registry).absolute())
-    if options.memory_mb is not None:
-        env["FACTORY_SERVE_MEMORY_MB"] = str(options.memory_mb)
-    if options.queue_size is not None:
-        env["FACTORY_SERVE_QUEUE_SIZE"] = str(options.queue_size)
-    if options.default_model is not None:
-        env["FACTORY_SERVE_DEFAULT_MODEL"] = options.default_model
-    print(f"serving on http://{options.host}:{options.port}/v1", flush=True)
+    `stop_processes`. Its workers load the same config: the file's path and the flags reach them as environment."""
+    config = options.effective().config
+    env = {**os.environ, **server_environment(options.config_file, options.flags)}
+    print(f"serving on http://{config.host}:{config.port}/v1", flush=True)
     return subprocess.Popen(SERVER_COMMAND, cwd=PROJECT_DIR, env=with_openblas(env), start_new_session=True)
 
 

@@ -5,7 +5,6 @@ serve. Unknown keys are errors (a typo must never be silently ignored).
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib.metadata
 import json
@@ -13,9 +12,10 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from factory.yaml_lines import LocatedYaml, YamlError, load_located
+from factory.yaml_lines import LocatedYaml
+from factory.yaml_models import LocatedError, json_schema_of, located_message, parse_model, read_model
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 HF_REPO_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$"
@@ -353,21 +353,8 @@ class Spec(Strict):
 # ---------------------------------------------------------------- loading with precise errors
 
 
-class SpecError(Exception):
+class SpecError(LocatedError):
     """Every problem in one spec file, each as `file:line: field.path: message`."""
-
-    def __init__(self, path: Path, problems: list[tuple[int, str, str]]):
-        self.path = path
-        self.problems = problems  # (line, field path, message)
-        super().__init__("\n".join(self.lines()))
-
-    def lines(self) -> list[str]:
-        return [located_message(self.path, line, field, message) for line, field, message in self.problems]
-
-
-def located_message(path: Path, line: int, field: str, message: str) -> str:
-    """`file:line: field.path: message`, the one shape of every spec error and warning."""
-    return f"{path}:{line}: {field + ': ' if field else ''}{message}"
 
 
 class LoadedSpec(BaseModel):
@@ -383,31 +370,17 @@ class LoadedSpec(BaseModel):
         return (self.path.parent / relative).resolve()
 
 
+SPEC_SHAPE = "a spec is a YAML mapping (name:, source:, formats:, ...)"
+
+
 def load_spec(path: str | Path) -> LoadedSpec:
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpecError(path, [(1, "", f"cannot read file: {exc.strerror}")]) from None
-    spec, located = _parse(text, path)
+    spec, located = read_model(Spec, path, SpecError, SPEC_SHAPE)
     return LoadedSpec(spec=spec, path=path, warnings=_warnings(spec, located, path))
 
 
 def parse_spec(text: str, path: Path) -> Spec:
-    return _parse(text, path)[0]
-
-
-def _parse(text: str, path: Path) -> tuple[Spec, LocatedYaml]:
-    try:
-        located = load_located(text)
-    except YamlError as exc:
-        raise SpecError(path, [(exc.line, "", exc.message)]) from None
-    if not isinstance(located.data, dict):
-        raise SpecError(path, [(1, "", "a spec is a YAML mapping (name:, source:, formats:, ...)")])
-    try:
-        return Spec.model_validate(located.data), located
-    except ValidationError as exc:
-        raise SpecError(path, sorted(_describe(error, located) for error in exc.errors())) from None
+    return parse_model(Spec, text, path, SpecError, SPEC_SHAPE)[0]
 
 
 def _warnings(spec: Spec, located: LocatedYaml, path: Path) -> tuple[str, ...]:
@@ -420,56 +393,6 @@ def _warnings(spec: Spec, located: LocatedYaml, path: Path) -> tuple[str, ...]:
 
     return tuple(located_message(path, located.line_of(field), ".".join(field), f"warning: {message}")
                  for field, message in NOT_IMPLEMENTED.items() if value(field) is not None)
-
-
-def _describe(error: dict[str, Any], located: LocatedYaml) -> tuple[int, str, str]:
-    loc = tuple(error["loc"])
-    field = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
-    return located.line_of(loc), field, _message(error)
-
-
-def _message(error: dict[str, Any]) -> str:
-    kind, ctx = error["type"], error.get("ctx", {})
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(error["loc"][:-1])
-        close = difflib.get_close_matches(str(error["loc"][-1]), allowed, n=1)
-        return "unknown key" + (f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(allowed)})")
-    if kind == "missing":
-        return "required"
-    if kind == "literal_error":
-        # pydantic writes "Input should be 2, 3 or 4"; keep the choices, say it plainly.
-        return "must be one of " + ctx.get("expected", "").replace(" or ", ", ").replace("'", "")
-    if kind == "string_pattern_mismatch":
-        return f"{error['input']!r} does not match {ctx.get('pattern')}"
-    message = error["msg"]
-    message = message.removeprefix("Value error, ")
-    return message[0].lower() + message[1:] if message else kind
-
-
-def _allowed_keys(loc: tuple) -> list[str]:
-    """The keys a mapping at `loc` accepts, found by walking the models' field annotations."""
-    model: Any = Spec
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = next((f for name, f in model.model_fields.items() if (f.alias or name) == part), None)
-        if field is None:
-            return []
-        model = _model_in(field.annotation)
-        if model is None:
-            return []
-    return [f.alias or name for name, f in model.model_fields.items()]
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The BaseModel inside `X | None`, `list[X]` or `Annotated[X, ...]`, if any."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for argument in get_args(annotation):
-        found = _model_in(argument)
-        if found is not None:
-            return found
-    return None
 
 
 EXAMPLES = "examples"
@@ -509,7 +432,4 @@ def find_spec(name_or_path: str | Path, specs_dir: str | Path = "specs") -> Path
 
 
 def json_schema() -> dict[str, Any]:
-    schema = Spec.model_json_schema(by_alias=True)
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "llm-factory model spec"
-    return schema
+    return json_schema_of(Spec, "llm-factory model spec")

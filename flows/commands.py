@@ -5,7 +5,6 @@ Long-lived processes (Prefect server, worker, gunicorn) are started as child pro
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 import signal
 import subprocess
 import sys
@@ -136,7 +135,7 @@ def serve_model_file(path: Path, name: str | None, serve_settings: dict[str, Any
     if row["status"] in ("failed", "invalid"):
         print(row["detail"], file=sys.stderr)
         return 1
-    return serve(replace(options, default_model=loaded.spec.name))
+    return serve(options.serving_default(loaded.spec.name))
 
 
 def up(spec: str, options: ServeOptions) -> int:
@@ -157,7 +156,8 @@ def up(spec: str, options: ServeOptions) -> int:
             if row["status"] in ("failed", "invalid"):
                 print(row["detail"], file=sys.stderr)
                 return 1
-            options = replace(options, default_model=options.default_model or row["spec"])
+            if options.effective().config.models.default is None:
+                options = options.serving_default(row["spec"])
             if deploy() != 0:
                 return 1
             children.append(subprocess.Popen([sys.executable, "-m", "factory.cli", "worker"], cwd=PROJECT_DIR,

@@ -9,6 +9,7 @@ import orjson
 
 from factory.files import FileStore
 from factory.registry import Registry
+from factory.server_config import ServerConfig, load_server_config
 from serving.api import errors
 from serving.api.middleware import BodyLimit, Lifecycle, RequestContext
 from serving.api.render.openai import ChatRenderer, CompletionRenderer
@@ -19,7 +20,6 @@ from serving.api.resources.health import Health, Ready
 from serving.api.resources.metrics import Metrics
 from serving.api.resources.models import Models
 from serving.api.schemas.openai import ChatCompletionRequest, CompletionRequest
-from serving.config import ServerConfig
 from serving.inference.handle import ModelCatalog
 from serving.jobs import FineTuneJobs
 
@@ -27,19 +27,19 @@ from serving.jobs import FineTuneJobs
 def create_app(config: ServerConfig | None = None, *, models: ModelCatalog | None = None,
                jobs: FineTuneJobs | None = None):
     """The ASGI application: Falcon's app, with request bodies counted as they arrive."""
-    config = config or ServerConfig.from_env()
+    config = config or load_server_config().config
     if models is None:
         from serving.inference.pool import ModelPool
 
-        models = ModelPool(Registry(config.registry), config)
+        models = ModelPool(Registry(config.registry_root), config.models)
     if jobs is None:
         from serving.jobs.prefect import PrefectJobs
 
-        jobs = PrefectJobs(Registry(config.registry))
-    body_limit = BodyLimit(config.max_body_bytes, config.max_upload_bytes)
+        jobs = PrefectJobs(Registry(config.registry_root))
+    body_limit = BodyLimit(config.requests.max_body_bytes, config.requests.max_upload_bytes)
     middleware = [RequestContext(), body_limit, Lifecycle(models)]
-    if config.cors_origins:
-        middleware.insert(0, falcon.CORSMiddleware(allow_origins=list(config.cors_origins)))
+    if config.cors.origins:
+        middleware.insert(0, falcon.CORSMiddleware(allow_origins=list(config.cors.origins)))
     app = falcon.asgi.App(middleware=middleware)
     json = falcon.media.JSONHandler(dumps=lambda o: orjson.dumps(o).decode(), loads=orjson.loads)
     app.req_options.media_handlers[falcon.MEDIA_JSON] = json

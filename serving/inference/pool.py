@@ -17,7 +17,7 @@ from typing import Any
 
 from factory.registry import NotFound, Registry, RegistryError, Version
 from factory.spec import Serve
-from serving.config import ServerConfig
+from factory.server_config import ModelsConfig
 from serving.inference.local.describe import model_info
 from serving.inference.local.engines.base import Engine
 from serving.inference.local.model import LocalModel
@@ -43,7 +43,7 @@ def load_engine(version: Version, serve: Serve, max_batch: int) -> tuple[Engine,
 
 
 class ModelPool:
-    def __init__(self, registry: Registry, config: ServerConfig, engine_loader: EngineLoader = load_engine):
+    def __init__(self, registry: Registry, config: ModelsConfig, engine_loader: EngineLoader = load_engine):
         self.registry = registry
         self.config = config
         self.engine_loader = engine_loader
@@ -54,7 +54,7 @@ class ModelPool:
         self.serves: dict[str, Serve] = {}  # ref -> its manifest's serving settings
         self.listed: list[str] = []  # what /v1/models shows
         self.generation = -1
-        self.watcher = RegistryWatcher(self, config.poll_interval_s)
+        self.watcher = RegistryWatcher(self, config.poll_s)
 
     async def start(self) -> None:
         await self.watcher.start()
@@ -78,7 +78,7 @@ class ModelPool:
         for name, version in latest.items():
             for alias in (await self._serve(version)).aliases:
                 routes.setdefault(alias, version.ref)
-        if (chosen := self.config.default_model) in latest:  # the server's choice wins over specs' aliases
+        if (chosen := self.config.default) in latest:  # the server's choice wins over specs' aliases
             routes[DEFAULT] = latest[chosen].ref
         # Load the new version of anything in use *before* routing to it, so no request waits on the swap.
         in_use = {ref.partition("@")[0] for ref in self.loaded}
@@ -199,7 +199,7 @@ class ModelPool:
         for model in list(self.loaded.values()):
             if model is not keep and model.leases == 0 and now - model.last_used > self.config.idle_ttl_s:
                 self._unload(model)
-        budget = self.config.memory_budget_mb * 1e6
+        budget = self.config.memory_mb * 1e6
         for model in sorted(self.loaded.values(), key=lambda m: m.last_used):
             if sum(m.nbytes for m in self.loaded.values()) <= budget:
                 break

@@ -67,8 +67,7 @@ def start_server(root: Path, artifact: Path, format_key: str = "mlx-float16", **
     port = free_port()
     log = root / "server.log"
     environment = {**os.environ, "FACTORY_ROOT": str(root), "FACTORY_REGISTRY": str(registry.root),
-                   "FACTORY_SERVE_BIND": f"127.0.0.1:{port}",
-                   "FACTORY_SERVE_POLL_S": "0.2", **env}
+                   "FACTORY_SERVE_PORT": str(port), "FACTORY_SERVE_MODELS_POLL_S": "0.2", **env}
     process = subprocess.Popen(SERVER_COMMAND,
                                cwd=ROOT, env=environment, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
                                start_new_session=True)
@@ -107,8 +106,9 @@ def server(request, tmp_path_factory, tiny_mlx) -> Server:
     """Shared by tests that do not change the registry; every test using it runs once per engine."""
     artifact, key = (tiny_mlx, "mlx-float16") if request.param == "mlx" else (request.getfixturevalue("tiny_gguf"),
                                                                              "gguf-f16")
-    running = start_server(tmp_path_factory.mktemp("served"), artifact, key, FACTORY_SERVE_MAX_BATCH="8",
-                           FACTORY_SERVE_QUEUE_SIZE="4", FACTORY_SERVE_MAX_BODY_BYTES=str(1 << 20))
+    running = start_server(tmp_path_factory.mktemp("served"), artifact, key, FACTORY_SERVE_MODELS_MAX_BATCH="8",
+                           FACTORY_SERVE_MODELS_QUEUE_SIZE="4",
+                           FACTORY_SERVE_REQUESTS_MAX_BODY_BYTES=str(1 << 20))
     assert running.client.models.retrieve("tiny").model_extra["engine"] == request.param
     yield running
     stop_server(running.process)

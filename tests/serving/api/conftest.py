@@ -29,8 +29,8 @@ def pool_and_registry(tmp_path):
 @pytest.fixture
 async def api(pool_and_registry):
     """An httpx client of the app; the pool is started and stopped as the ASGI lifespan would."""
-    pool, _ = pool_and_registry
-    app = create_app(pool.config, models=pool)
+    pool, _, config = pool_and_registry
+    app = create_app(config, models=pool)
     await pool.start()
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://in-process") as client:
         yield client

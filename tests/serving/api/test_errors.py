@@ -94,7 +94,7 @@ async def test_malformed_json_non_object_bodies_and_unknown_routes(api):
 
 
 async def test_a_body_over_the_limit_is_413(api, pool_and_registry):
-    limit = pool_and_registry[0].config.max_body_bytes
+    limit = pool_and_registry[2].requests.max_body_bytes
     response = await api.post("/v1/chat/completions", content=b" " * (limit + 1),
                               headers={"content-type": "application/json"})
     assert response.status_code == 413 and error_of(response)["code"] == "request_too_large"
@@ -119,7 +119,7 @@ async def test_fine_tuning_job_bodies_are_typed(api, change, param):
 
 async def test_a_full_queue_answers_429_with_retry_after(api, sdk, pool_and_registry):
     """The pool decodes 4 sequences and queues 2 more; with the engine held, a 7th request is refused."""
-    pool, _ = pool_and_registry
+    pool, *_ = pool_and_registry
     await sdk.chat.completions.create(model="tiny", messages=HI, max_tokens=1)  # load it
     engine = pool.loaded["tiny@1"].engine
     engine.step_gate = threading.Event()

@@ -28,7 +28,7 @@ async def test_max_tokens_n_and_the_developer_role(sdk, pool_and_registry):
         {"role": "developer", "content": "be brief"}, *HI])
     assert [c.message.content for c in reply.choices] == [REPLY[:5]] * 3
     assert {c.finish_reason for c in reply.choices} == {"length"} and reply.usage.completion_tokens == 15
-    pool, _ = pool_and_registry
+    pool, *_ = pool_and_registry
     engine = pool.loaded["tiny@1"].engine
     prompt = "".join(map(engine.token_text, engine.prompts[-1]))
     assert prompt.startswith("<|im_start|>system\nbe brief")  # OpenAI's developer role is the template's system
@@ -94,7 +94,7 @@ async def test_health_ready_and_metrics(api, sdk):
 async def test_the_configured_default_model_wins_over_spec_aliases(tmp_path):
     from tests.fixtures.scripted_engine import scripted_pool
 
-    pool, registry = scripted_pool(tmp_path, default_model="other")  # `tiny` declares the alias `default`
+    pool, registry, _ = scripted_pool(tmp_path, models={"default": "other"})  # `tiny` declares the alias `default`
     registry.publish("other", {"mlx-float16": tmp_path / "artifact"}, serve={})
     await pool.start()
     try:

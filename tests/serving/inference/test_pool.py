@@ -7,7 +7,7 @@ import time
 import pytest
 
 from factory.registry import Registry
-from serving.config import ServerConfig
+from factory.server_config import ModelsConfig
 from serving.inference.pool import ModelPool
 from serving.inference.types import UnknownModel
 
@@ -21,12 +21,12 @@ def registry(tmp_path, tiny_mlx, tiny_mlx_v2):
 
 
 def pool_for(registry, **settings) -> ModelPool:
-    return ModelPool(registry, ServerConfig(registry=registry.root, **settings))
+    return ModelPool(registry, ModelsConfig(**settings))
 
 
 def test_models_load_on_first_use_and_lru_keeps_the_budget(registry):
     size_mb = sum(f.stat().st_size for f in registry.resolve("one").artifact("mlx-float16").rglob("*")) / 1e6
-    pool = pool_for(registry, memory_budget_mb=size_mb * 1.5)  # room for one model, not two
+    pool = pool_for(registry, memory_mb=size_mb * 1.5)  # room for one model, not two
 
     async def scenario():
         await pool.refresh()

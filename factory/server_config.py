@@ -1,0 +1,242 @@
+"""The server config contract (`server.yaml`): how `factory serve` runs, in one file.
+
+Same rules as specs: pydantic, unknown keys are errors, problems name `file:line: field`, a JSON Schema for editors
+(`factory serve --print-schema`). Values come from four layers, each over the one before:
+
+    defaults  <  server.yaml (`--config`, or $FACTORY_SERVE_CONFIG)  <  environment  <  command-line flags
+
+Every field has one environment variable, named from its path: `models.memory_mb` -> FACTORY_SERVE_MODELS_MEMORY_MB,
+`cors.origins` -> FACTORY_SERVE_CORS_ORIGINS (lists comma-separated); `root` and `registry` keep the factory's own
+FACTORY_ROOT and FACTORY_REGISTRY. `load_server_config` returns the effective values with the origin of each, which
+`factory serve --print-config` shows. gunicorn's workers load the same layers, so flags reach them as environment.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from factory.settings import Settings
+from factory.yaml_models import LocatedError, field_path, json_schema_of, located_message, message, read_model
+
+CONFIG_ENV = "FACTORY_SERVE_CONFIG"
+ENV_PREFIX = "FACTORY_SERVE_"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelsConfig(Strict):
+    memory_mb: float = Field(8192, gt=0, description="budget for loaded models; least recently used unload beyond it")
+    idle_ttl_s: float = Field(900, gt=0, description="unload a model unused this long")
+    queue_size: int = Field(64, ge=0, description="requests waiting per model beyond the batch; then 429")
+    max_batch: int = Field(16, ge=1, le=256, description="sequences decoded together per model")
+    default: str | None = Field(None, description="the model the id `default` names (over specs' aliases)")
+    poll_s: float = Field(0.25, gt=0, le=60, description="how often workers look for registry changes")
+
+
+class RequestsConfig(Strict):
+    max_body_bytes: int = Field(8 << 20, ge=1024, description="larger request bodies get 413")
+    max_upload_bytes: int = Field(512 << 20, ge=1024, description="the same for /v1/files uploads")
+    read_timeout_s: float = Field(30, gt=0, description="a request body still arriving after this long gets 408")
+    send_timeout_s: float = Field(60, gt=0, description="a client that reads nothing of its response for this long "
+                                                         "is dropped and its generation stopped")
+
+
+class AuthConfig(Strict):
+    keys: Literal["required_if_any", "required"] = Field(
+        "required_if_any", description="required_if_any: /v1 routes need a key once `factory keys create` made one; "
+                                       "required: they always do (no key yet: nothing is allowed)")
+
+
+class LimitsConfig(Strict):
+    store: Literal["sqlite", "redis"] = Field("sqlite", description="where per-key rate-limit counters live, shared "
+                                                                    "by every worker: sqlite under the factory root")
+    url: str | None = Field(None, description="redis://host:port/db, for store: redis")
+
+    @model_validator(mode="after")
+    def redis_needs_url(self) -> "LimitsConfig":
+        if self.store == "redis" and not self.url:
+            raise ValueError("store: redis needs url: redis://host:port/db")
+        return self
+
+
+class CorsConfig(Strict):
+    origins: list[str] = Field([], description="origins browsers may call from (none: no cross-origin access)")
+
+
+class LogsConfig(Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    file: Path | None = Field(None, description="JSON lines go here as well as to stderr, rotated by size")
+    rotate_mb: float = Field(50, gt=0, description="start a new file beyond this size")
+    keep: int = Field(5, ge=1, le=100, description="rotated files kept")
+
+
+class ServerConfig(Strict):
+    """How the OpenAI-compatible server runs."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64, description="gunicorn workers; each loads its own copy of the models")
+    root: Path = Field(Path(".factory"), description="the factory root: registry, uploaded files, keys, limits")
+    registry: Path | None = Field(None, description="the registry to serve (default: ROOT/registry)")
+    models: ModelsConfig = ModelsConfig()
+    requests: RequestsConfig = RequestsConfig()
+    auth: AuthConfig = AuthConfig()
+    limits: LimitsConfig = LimitsConfig()
+    cors: CorsConfig = CorsConfig()
+    logs: LogsConfig = LogsConfig()
+
+    @property
+    def registry_root(self) -> Path:
+        return self.registry or self.root / "registry"
+
+    @property
+    def files(self) -> Path:
+        return self.root / "files"
+
+
+# The factory's own variables for the two paths every command shares (factory.settings reads them too).
+ENV_NAMES = {"root": "FACTORY_ROOT", "registry": "FACTORY_REGISTRY"}
+CONFIG_SHAPE = "a server config is a YAML mapping (host:, port:, models:, ...)"
+
+
+class ServerConfigError(LocatedError):
+    """A server config that cannot be used; each line names where the bad value came from (a problem at line 0 came
+    from the environment or a flag, and says which)."""
+
+    def lines(self) -> list[str]:
+        return [f"{field}: {message}" if line == 0 else located_message(self.path, line, field, message)
+                for line, field, message in self.problems]
+
+
+@dataclass(frozen=True)
+class EffectiveConfig:
+    config: ServerConfig
+    origins: dict[str, str]  # "models.memory_mb" -> "default" | "server.yaml:4" | "env FACTORY_SERVE_..." | "flag"
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """(field, value, origin) for every setting, secrets masked: what `--print-config` prints."""
+        values = self.config.model_dump(mode="json")
+        return [(name, _shown(name, _get(values, name)), self.origins.get(name, "default")) for name in leaf_fields()]
+
+
+def leaf_fields(model: type[BaseModel] = ServerConfig, prefix: str = "") -> list[str]:
+    """Every setting's dotted name, in declaration order."""
+    names = []
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            names += leaf_fields(field.annotation, f"{prefix}{name}.")
+        else:
+            names.append(prefix + name)
+    return names
+
+
+def env_name(field: str) -> str:
+    return ENV_NAMES.get(field) or ENV_PREFIX + field.replace(".", "_").upper()
+
+
+def load_server_config(path: str | Path | None = None, environ: dict[str, str] | None = None,
+                       flags: dict[str, Any] | None = None) -> EffectiveConfig:
+    """The effective config: defaults, then the file (`path`, or $FACTORY_SERVE_CONFIG), the environment, `flags`
+    (dotted field -> value, e.g. {"port": 9000}: the flags a person typed)."""
+    env = os.environ if environ is None else environ
+    path = Path(path) if path else (Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else None)
+    settings = Settings.from_env(env)
+    data: dict[str, Any] = {"root": str(settings.root)}
+    origins: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    if path is not None:
+        _, located = read_model(ServerConfig, path, ServerConfigError, CONFIG_SHAPE)  # the file alone, by line
+        for name in leaf_fields():
+            value = _get(located.data, name, missing := object())
+            if value is not missing:
+                _set(data, name, _from_file(name, value, path))
+                lines[name] = located.line_of(tuple(name.split(".")))
+                origins[name] = f"{path}:{lines[name]}"
+    for name in leaf_fields():
+        if env.get(env_name(name)):  # set and not empty
+            _set(data, name, _from_env(name, env[env_name(name)]))
+            origins[name] = f"env {env_name(name)}"
+    for name, value in (flags or {}).items():
+        _set(data, name, value)
+        origins[name] = f"flag --{name.split('.')[-1].replace('_', '-')}"
+    try:
+        config = ServerConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = field_path(tuple(error["loc"]))
+            origin = origins.get(name, "")
+            told = "" if name in lines else f" (from {origin or 'the defaults'})"
+            problems.append((lines.get(name, 0), name, message(error, ServerConfig) + told))
+        raise ServerConfigError(path or Path("."), problems) from None
+    return EffectiveConfig(config=config, origins=origins)
+
+
+def server_environment(path: Path | None, flags: dict[str, Any]) -> dict[str, str]:
+    """The environment that makes gunicorn's workers load what `load_server_config(path, flags=flags)` loaded."""
+    env = {CONFIG_ENV: str(Path(path).absolute())} if path else {}
+    for name, value in flags.items():
+        env[env_name(name)] = ",".join(value) if isinstance(value, list) else str(value)
+    return env
+
+
+def json_schema() -> dict[str, Any]:
+    return json_schema_of(ServerConfig, "llm-factory server config")
+
+
+def _from_file(name: str, value: Any, path: Path) -> Any:
+    """Relative paths in the file are relative to the file's folder, as in specs."""
+    if _is_path(name) and isinstance(value, str):
+        return str((path.parent / value).resolve())
+    return value
+
+
+def _from_env(name: str, text: str) -> Any:
+    if _annotation(name) == list[str]:
+        return [item.strip() for item in text.split(",") if item.strip()]
+    if _is_path(name):
+        return str(Path(text).absolute())
+    return text
+
+
+def _annotation(name: str) -> Any:
+    model: Any = ServerConfig
+    *parents, leaf = name.split(".")
+    for part in parents:
+        model = model.model_fields[part].annotation
+    return model.model_fields[leaf].annotation
+
+
+def _is_path(name: str) -> bool:
+    annotation = _annotation(name)
+    return annotation is Path or Path in get_args(annotation)
+
+
+def _get(data: Any, name: str, default: Any = None) -> Any:
+    for part in name.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return default
+        data = data[part]
+    return data
+
+
+def _set(data: dict, name: str, value: Any) -> None:
+    *parents, leaf = name.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+    data[leaf] = value
+
+
+def _shown(name: str, value: Any) -> str:
+    """A value as printed; a password in a URL (a Redis URL may carry one) is never shown."""
+    if isinstance(value, str) and "://" in value and urlsplit(value).password:
+        parts = urlsplit(value)
+        value = value.replace(f":{parts.password}@", ":***@", 1)
+    return "-" if value is None else ", ".join(value) if isinstance(value, list) else str(value)
