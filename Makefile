@@ -9,9 +9,9 @@ WHEELS    ?= $(HOME)/.cache/llm-factory/wheels
 LLAMA_CPP := llama-cpp-python==0.3.36
 export FACTORY_ROOT ?= $(CURDIR)/.factory
 
-.PHONY: install up test lock clean blas
+.PHONY: install up test lock clean blas redis
 
-install: $(STAMP) blas
+install: $(STAMP) blas redis
 
 # OpenBLAS for MLX on Linux (see README): Debian's package, preloaded by the factory's own commands. Needs root and
 # apt-get; anywhere else this step says so and the factory runs on MLX's bundled BLAS.
@@ -21,6 +21,13 @@ blas:
 	  (apt-get install -y -qq libopenblas0-pthread >/dev/null 2>&1 || \
 	   (apt-get update -qq && apt-get install -y -qq libopenblas0-pthread >/dev/null)) ; } || \
 	  echo "note: OpenBLAS not installed (needs root + apt-get); MLX uses its bundled BLAS"
+
+# redis-server for the rate-limit store's Redis option (the suite tests it against a real server): Debian's package.
+redis:
+	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get install -y -qq redis-server >/dev/null 2>&1 || \
+	   (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null)) ; } || \
+	  echo "note: redis-server not installed (needs root + apt-get); the Redis rate-limit tests will fail"
 
 # Reinstall only when the pins or the project metadata change.
 $(STAMP): requirements.lock requirements-models.txt pyproject.toml
