@@ -10,16 +10,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from falcon.asgi import SSEvent
 
-from serving.api.render.openai import Renderer, Usage
+from serving.api.render.openai import Renderer, Usage, UsageListener
 from serving.inference.handle import EventStream
 from serving.inference.types import DoneEvent
 
 HEARTBEAT_S = 1.0
 
 
-async def sse_events(stream: EventStream, renderer: Renderer, n: int,
-                     close: Callable[[], Awaitable[None]]) -> AsyncIterator[SSEvent]:
-    """Frames for `n` sequences; `close` (cancel what still runs, return the lease) runs however the stream ends."""
+async def sse_events(stream: EventStream, renderer: Renderer, n: int, close: Callable[[], Awaitable[None]],
+                     on_usage: UsageListener | None = None) -> AsyncIterator[SSEvent]:
+    """Frames for `n` sequences; `close` (cancel what still runs, return the lease) and `on_usage` (the tokens
+    counted so far) run however the stream ends."""
     usage = Usage(stream.prompt_tokens)
     try:
         for opening in renderer.opening(n):
@@ -39,3 +40,5 @@ async def sse_events(stream: EventStream, renderer: Renderer, n: int,
         yield SSEvent(data=b"[DONE]")
     finally:
         await close()
+        if on_usage is not None:
+            await on_usage(usage)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 
-from serving.api.render.openai import Choice, Renderer, Usage
+from serving.api.render.openai import Choice, Renderer, Usage, UsageListener
 from serving.api.schemas import read_json
 from serving.api.schemas.openai import GenerationRequest
 from serving.api.sse import sse_events
@@ -25,11 +25,14 @@ class GenerationEndpoint:
         request = await read_json(req, self.schema)
         req.context.model = request.model
         await respond(resp, self.models, request.model, request.generate_request(), self.renderer,
-                      stream=request.stream, include_usage=request.include_usage)
+                      stream=request.stream, include_usage=request.include_usage,
+                      on_usage=req.context.get("on_usage"))
 
 
 async def respond(resp, models: ModelCatalog, model_id: str, request: GenerateRequest, renderer_class: type[Renderer],
-                  *, stream: bool, include_usage: bool) -> None:
+                  *, stream: bool, include_usage: bool, on_usage: UsageListener | None = None) -> None:
+    """`on_usage` hears the token counts once the generation ends, however it ends (what middleware counts: rate
+    limits, metrics)."""
     stack = AsyncExitStack()
     try:
         handle = await stack.enter_async_context(models.lease(model_id))
@@ -40,10 +43,12 @@ async def respond(resp, models: ModelCatalog, model_id: str, request: GenerateRe
         raise
     renderer = renderer_class(model_id, events.ref, logprobs=request.sampling.logprobs, include_usage=include_usage)
     if stream:
-        resp.sse = sse_events(events, renderer, request.n, stack.aclose)
+        resp.sse = sse_events(events, renderer, request.n, stack.aclose, on_usage)
         return
     async with stack:
         choices, usage = await collect(events, request.n)
+    if on_usage is not None:
+        await on_usage(usage)
     resp.media = renderer.whole(choices, usage)
 
 
