@@ -19,6 +19,7 @@ class RequestContext:
     async def process_request(self, req, resp):
         req.context.request_id = req.get_header("X-Request-Id") or uuid.uuid4().hex
         req.context.started = time.perf_counter()
+        req.context.usage_listeners = []  # middleware that counts tokens adds itself (see resources.generation)
         request_id.set(req.context.request_id)
         resp.set_header("X-Request-Id", req.context.request_id)
 

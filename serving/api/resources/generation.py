@@ -26,7 +26,15 @@ class GenerationEndpoint:
         req.context.model = request.model
         await respond(resp, self.models, request.model, request.generate_request(), self.renderer,
                       stream=request.stream, include_usage=request.include_usage,
-                      on_usage=req.context.get("on_usage"))
+                      on_usage=tell_listeners(req.context.get("usage_listeners") or []))
+
+
+def tell_listeners(listeners: list[UsageListener]) -> UsageListener:
+    """One listener for all that middleware registered on `req.context.usage_listeners` (rate limits, metrics)."""
+    async def tell(usage: Usage) -> None:
+        for listener in listeners:
+            await listener(usage)
+    return tell
 
 
 async def respond(resp, models: ModelCatalog, model_id: str, request: GenerateRequest, renderer_class: type[Renderer],
