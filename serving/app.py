@@ -20,6 +20,7 @@ from serving.api.resources.health import Health, Ready
 from serving.api.resources.metrics import Metrics
 from serving.api.resources.models import Models
 from serving.api.schemas.openai import ChatCompletionRequest, CompletionRequest
+from serving.api.transport import GuardedTransport
 from serving.inference.handle import ModelCatalog
 from serving.jobs import FineTuneJobs
 
@@ -68,4 +69,4 @@ def create_app(config: ServerConfig | None = None, *, models: ModelCatalog | Non
     app.add_route("/v1/fine_tuning/jobs/{job_id}/cancel", tuning, suffix="cancel")
 
     errors.install(app)
-    return body_limit.around(app)
+    return GuardedTransport(app, body_limit, config.requests.read_timeout_s, config.requests.send_timeout_s)

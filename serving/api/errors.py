@@ -35,6 +35,11 @@ class BodyTooLarge(Exception):
                          else f"the request body exceeds the {limit}-byte limit")
 
 
+class BodyTimeout(Exception):
+    def __init__(self, timeout_s: float):
+        super().__init__(f"the request body did not arrive within {timeout_s:g} s")
+
+
 def error_type(status: int) -> str:
     return TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
@@ -84,11 +89,13 @@ def _as_api_error(exc: Exception) -> APIError:
             return APIError(400, str(exc), param="fine_tuning_job_id")
         case BodyTooLarge():
             return APIError(413, str(exc), code="request_too_large")
+        case BodyTimeout():
+            return APIError(408, str(exc), code="request_timeout", headers={"Connection": "close"})
     raise TypeError(f"no mapping for {type(exc).__name__}")
 
 
 DOMAIN_ERRORS = (UnknownModel, InvalidRequest, QueueFull, Unavailable, GenerationFailed, JobNotFound, JobConflict,
-                 JobsUnavailable, BodyTooLarge)
+                 JobsUnavailable, BodyTooLarge, BodyTimeout)
 
 
 async def handle_domain_error(req, resp, exc, params) -> None:

@@ -5,9 +5,7 @@ import logging
 import time
 import uuid
 
-import orjson
-
-from serving.api.errors import BodyTooLarge, error_body
+from serving.api.errors import BodyTooLarge
 from serving.logs import request_id
 
 log = logging.getLogger("factory.serving.access")
@@ -33,9 +31,8 @@ class RequestContext:
 class BodyLimit:
     """Request bodies beyond the limit get 413 (uploads to /v1/files have their own limit).
 
-    A declared Content-Length is refused before anything is read (Falcon middleware); a chunked body, or one that
-    runs past what it declared, is counted as it arrives (`limit_body`, around the ASGI app) and refused the moment
-    it passes the limit, so it is never held whole in memory.
+    A declared Content-Length is refused here, before anything is read; a chunked body, or one that runs past what
+    it declared, is counted as it arrives (serving.api.transport) and refused the moment it passes the limit.
     """
 
     def __init__(self, max_bytes: int, max_upload_bytes: int):
@@ -48,40 +45,6 @@ class BodyLimit:
         limit = self.limit_for(req.path)
         if req.content_length is not None and req.content_length > limit:
             raise BodyTooLarge(req.content_length, limit)
-
-    def around(self, app):
-        """`app` with every request body counted as it is received."""
-        async def counted(scope, receive, send):
-            if scope["type"] != "http":
-                return await app(scope, receive, send)
-            limit, seen = self.limit_for(scope["path"]), 0
-
-            async def receive_within_limit():
-                nonlocal seen
-                event = await receive()
-                seen += len(event.get("body", b""))
-                if seen > limit:
-                    raise BodyTooLarge(None, limit)
-                return event
-
-            started = False
-
-            async def send_tracked(message):
-                nonlocal started
-                started = started or message["type"] == "http.response.start"
-                await send(message)
-
-            try:
-                return await app(scope, receive_within_limit, send_tracked)
-            except BodyTooLarge as exc:  # raised before Falcon could route it (its very first read): answer here
-                if started:
-                    raise
-                body = orjson.dumps(error_body(413, str(exc), code="request_too_large"))
-                await send({"type": "http.response.start", "status": 413, "headers": [
-                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-                await send({"type": "http.response.body", "body": body})
-
-        return counted
 
 
 class Lifecycle:

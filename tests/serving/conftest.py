@@ -108,7 +108,8 @@ def server(request, tmp_path_factory, tiny_mlx) -> Server:
                                                                              "gguf-f16")
     running = start_server(tmp_path_factory.mktemp("served"), artifact, key, FACTORY_SERVE_MODELS_MAX_BATCH="8",
                            FACTORY_SERVE_MODELS_QUEUE_SIZE="4",
-                           FACTORY_SERVE_REQUESTS_MAX_BODY_BYTES=str(1 << 20))
+                           FACTORY_SERVE_REQUESTS_MAX_BODY_BYTES=str(1 << 20),
+                           FACTORY_SERVE_REQUESTS_READ_TIMEOUT_S="3")
     assert running.client.models.retrieve("tiny").model_extra["engine"] == request.param
     yield running
     stop_server(running.process)

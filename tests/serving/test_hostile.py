@@ -112,6 +112,22 @@ def test_hostile_requests_never_hurt_another_client(server):
     assert log.count("Booting worker") == 1  # no worker was replaced
 
 
+def test_a_body_that_stops_arriving_gets_408_and_frees_the_connection(server):
+    """A slowloris client: its headers promise 100 bytes, 10 arrive, then nothing. The server (read timeout 3 s)
+    answers 408 in OpenAI's shape and closes; the worker goes on serving everyone else meanwhile."""
+    address = urlparse(server.url)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as slow:
+        slow.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"model\": ")
+        assert httpx.get(f"{server.url}/health", timeout=30).status_code == 200  # while it stalls
+        answer = b""
+        while chunk := slow.recv(65536):  # until the server closes the connection
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408")
+    assert json.loads(body)["error"]["code"] == "request_timeout"
+
+
 def test_a_bad_request_never_fails_a_stream_on_the_same_engine(server):
     """seed -1 once hung its request and failed another client's running stream (numpy refused the seed)."""
     results: dict[str, object] = {}

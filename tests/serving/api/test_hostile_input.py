@@ -203,3 +203,70 @@ async def test_heavy_work_never_runs_on_the_event_loop(api, pool_and_registry, m
     while "tiny@1" in pool.loaded or "unload" not in on_loop:  # the watcher swaps in tiny@2 and retires tiny@1
         await asyncio.sleep(0.05)
     assert on_loop["unload"] is False
+
+
+# ------------------------------------------------------------------ clients that stall the connection
+
+
+async def test_a_client_that_never_reads_its_stream_is_dropped_and_frees_the_model(tmp_path):
+    """The send timeout: a client whose socket never drains (here, a `send` that never returns) cannot hold the
+    request, its place in the batch or its lease on the model; the app lets go after `send_timeout_s`."""
+    from serving.app import create_app
+    from tests.fixtures.scripted_engine import scripted_pool
+
+    pool, _, config = scripted_pool(tmp_path, requests={"send_timeout_s": 0.3})
+    app = create_app(config, models=pool)
+    await pool.start()
+    body = json.dumps({"model": "tiny", "messages": HI, "stream": True, "max_tokens": 20}).encode()
+    received = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict] = []
+
+    async def receive():
+        if received:
+            return received.pop()
+        await asyncio.Event().wait()  # the client never disconnects either
+
+    async def send(message):
+        sent.append(message)
+        if message["type"] == "http.response.body":
+            await asyncio.Event().wait()  # its socket never drains
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": CHAT, "raw_path": CHAT.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    try:
+        await asyncio.wait_for(app(scope, receive, send), timeout=10)  # returns: the request let go
+        assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
+        model = next(iter(pool.loaded.values()))
+        for _ in range(100):  # the stream's generator is closed as soon as the app drops it
+            if model.leases == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert model.leases == 0
+    finally:
+        await pool.stop()
+
+
+async def test_a_body_that_stops_arriving_gets_408(tmp_path):
+    import httpx
+
+    from serving.app import create_app
+    from tests.fixtures.scripted_engine import scripted_pool
+
+    pool, _, config = scripted_pool(tmp_path, requests={"read_timeout_s": 0.3})
+    app = create_app(config, models=pool)
+
+    async def stalls():
+        yield b'{"model": "tiny", '
+        await asyncio.sleep(5)
+        yield b'"messages": []}'
+
+    await pool.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://in-process") as api:
+            error = shaped(await asyncio.wait_for(api.post(CHAT, content=stalls(), headers={
+                "content-type": "application/json"}), timeout=4), 408)
+        assert error["code"] == "request_timeout"
+    finally:
+        await pool.stop()
