@@ -43,7 +43,8 @@ class ModelsConfig(Strict):
 class RequestsConfig(Strict):
     max_body_bytes: int = Field(8 << 20, ge=1024, description="larger request bodies get 413")
     max_upload_bytes: int = Field(512 << 20, ge=1024, description="the same for /v1/files uploads")
-    read_timeout_s: float = Field(30, gt=0, description="a request body still arriving after this long gets 408")
+    read_timeout_s: float = Field(30, gt=0, description="a request body still arriving after this long gets 408 "
+                                                         "(uploads: this long without a byte)")
     send_timeout_s: float = Field(60, gt=0, description="a client that reads nothing of its response for this long "
                                                          "is dropped and its generation stopped")
 

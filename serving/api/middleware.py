@@ -38,8 +38,12 @@ class BodyLimit:
     def __init__(self, max_bytes: int, max_upload_bytes: int):
         self.max_bytes, self.max_upload_bytes = max_bytes, max_upload_bytes
 
+    @staticmethod
+    def is_upload(path: str) -> bool:
+        return path == "/v1/files"
+
     def limit_for(self, path: str) -> int:
-        return self.max_upload_bytes if path == "/v1/files" else self.max_bytes
+        return self.max_upload_bytes if self.is_upload(path) else self.max_bytes
 
     async def process_request(self, req, resp):
         limit = self.limit_for(req.path)

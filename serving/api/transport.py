@@ -3,7 +3,8 @@
 - A request body is counted as it arrives and refused (413) the moment it passes the limit, chunked or not, so it
   is never held whole in memory (BodyLimit refuses a declared Content-Length earlier, as Falcon middleware).
 - A body that has not finished arriving `read_timeout_s` after the request began gets 408: a client that sends
-  slowly, or stops, cannot hold a worker's connection and memory (slowloris).
+  slowly, or stops, cannot hold a worker's connection and memory (slowloris). Uploads to /v1/files may take
+  longer in all (hundreds of MB on a slow link): for them the timeout is between two pieces of the body.
 - A response the client does not read: each send waits at most `send_timeout_s` for the client to make room (the
   server's socket buffers are full). Then the connection is closed, which stops the generation behind it, as a
   disconnect does: a stalled reader cannot keep a place in the decode batch.
@@ -36,7 +37,9 @@ class GuardedTransport:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         limit, seen, body_done = self.body_limit.limit_for(scope["path"]), 0, False
-        deadline = asyncio.get_running_loop().time() + self.read_timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.read_timeout_s
+        upload = self.body_limit.is_upload(scope["path"])
         started = False
 
         async def guarded_receive():
@@ -44,7 +47,7 @@ class GuardedTransport:
             if body_done:  # later reads only wait for a disconnect: no deadline on those
                 return await receive()
             try:
-                event = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+                event = await asyncio.wait_for(receive(), self.read_timeout_s if upload else deadline - loop.time())
             except TimeoutError:
                 raise BodyTimeout(self.read_timeout_s) from None
             seen += len(event.get("body", b""))
