@@ -25,6 +25,11 @@ from serving.inference.handle import ModelCatalog
 from serving.jobs import FineTuneJobs
 
 
+# What a web page may read of a response: its request id, why to wait, and how much of its key's limits are left.
+EXPOSED_HEADERS = ["X-Request-Id", "Retry-After"] + [
+    f"x-ratelimit-{what}-{unit}" for what in ("limit", "remaining", "reset") for unit in ("requests", "tokens")]
+
+
 def create_app(config: ServerConfig | None = None, *, models: ModelCatalog | None = None,
                jobs: FineTuneJobs | None = None):
     """The ASGI application: Falcon's app, with request bodies counted as they arrive."""
@@ -40,7 +45,8 @@ def create_app(config: ServerConfig | None = None, *, models: ModelCatalog | Non
     body_limit = BodyLimit(config.requests.max_body_bytes, config.requests.max_upload_bytes)
     middleware = [RequestContext(), body_limit, Lifecycle(models)]
     if config.cors.origins:
-        middleware.insert(0, falcon.CORSMiddleware(allow_origins=list(config.cors.origins)))
+        middleware.insert(0, falcon.CORSMiddleware(allow_origins=list(config.cors.origins),
+                                                   expose_headers=EXPOSED_HEADERS))
     app = falcon.asgi.App(middleware=middleware)
     json = falcon.media.JSONHandler(dumps=lambda o: orjson.dumps(o).decode(), loads=orjson.loads)
     app.req_options.media_handlers[falcon.MEDIA_JSON] = json

@@ -161,9 +161,18 @@ async def test_configured_origins_are_allowed(tmp_path):
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://in-process") as client:
         allowed = await client.get("/v1/models", headers={"Origin": "http://localhost:5173"})
         other = await client.get("/v1/models", headers={"Origin": "https://evil.example"})
+        preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+        allowed_preflight = await client.options(CHAT, headers={"Origin": "http://localhost:5173", **preflight})
+        other_preflight = await client.options(CHAT, headers={"Origin": "https://evil.example", **preflight})
     await pool.stop()
     assert allowed.headers["access-control-allow-origin"] == "http://localhost:5173"
+    assert "x-ratelimit-remaining-requests" in allowed.headers["access-control-expose-headers"]
     assert "access-control-allow-origin" not in other.headers
+    assert allowed_preflight.status_code == 200
+    assert allowed_preflight.headers["access-control-allow-origin"] == "http://localhost:5173"
+    assert "POST" in allowed_preflight.headers["access-control-allow-methods"]
+    assert allowed_preflight.headers["access-control-allow-headers"] == "authorization"
+    assert not any(name.startswith("access-control-") for name in other_preflight.headers)
 
 
 # ------------------------------------------------------------------ the event loop only moves bytes
