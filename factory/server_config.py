@@ -12,6 +12,7 @@ FACTORY_ROOT and FACTORY_REGISTRY. `load_server_config` returns the effective va
 """
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,6 +161,10 @@ def load_server_config(path: str | Path | None = None, environ: dict[str, str] |
                 _set(data, name, _from_file(name, value, path))
                 lines[name] = located.line_of(tuple(name.split(".")))
                 origins[name] = f"{path}:{lines[name]}"
+    known = {env_name(name) for name in leaf_fields()} | {CONFIG_ENV}
+    unknown = sorted(name for name in env if name.startswith(ENV_PREFIX) and name not in known)
+    if unknown:  # a misspelt or retired variable would otherwise be ignored without a word
+        raise ServerConfigError(Path("."), [(0, name, "unknown setting" + _close(name, known)) for name in unknown])
     for name in leaf_fields():
         if env.get(env_name(name)):  # set and not empty
             _set(data, name, _from_env(name, env[env_name(name)]))
@@ -190,6 +195,11 @@ def server_environment(path: Path | None, flags: dict[str, Any]) -> dict[str, st
 
 def json_schema() -> dict[str, Any]:
     return json_schema_of(ServerConfig, "llm-factory server config")
+
+
+def _close(name: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.85)
+    return f" (did you mean {close[0]}?)" if close else " (factory serve --print-config lists the settings)"
 
 
 def _from_file(name: str, value: Any, path: Path) -> Any:

@@ -68,6 +68,14 @@ def test_environment_and_flag_errors_name_the_variable_or_flag(tmp_path):
         load_server_config(environ={}, flags={"workers": 0})
 
 
+def test_an_unknown_environment_variable_is_an_error_not_ignored():
+    with pytest.raises(ServerConfigError) as raised:
+        load_server_config(environ={"FACTORY_SERVE_BIND": "127.0.0.1:9000", "FACTORY_SERVE_MODELS_MEMORYMB": "1"})
+    assert raised.value.lines() == [
+        "FACTORY_SERVE_BIND: unknown setting (factory serve --print-config lists the settings)",
+        "FACTORY_SERVE_MODELS_MEMORYMB: unknown setting (did you mean FACTORY_SERVE_MODELS_MEMORY_MB?)"]
+
+
 def test_every_setting_has_one_environment_variable_and_a_schema_entry():
     names = [env_name(field) for field in leaf_fields()]
     assert len(names) == len(set(names))
