@@ -103,10 +103,13 @@ class Registry:
         lineage: dict[str, Any] | None = None,
         serve: dict[str, Any] | None = None,
         aliases: Sequence[str] = (),
+        embedding: dict[str, Any] | None = None,
     ) -> Version:
         """Publish `artifacts` ({format key: file or directory}) as the next version of `name`.
 
         `serve` is the spec's serving section (aliases, context length, generation defaults) for the server.
+        `embedding` (an embedding model's settings and request limits) makes the manifest say `task: embedding`;
+        a chat model's manifest has neither key.
         """
         _check_name(name, "model name")
         if not artifacts:
@@ -127,6 +130,8 @@ class Registry:
                     "lineage": lineage or {}, "report": report or {}, "serve": serve or {},
                     "artifacts": {key: {"files": entries} for key, entries in files.items()},
                 }
+                if embedding is not None:
+                    manifest |= {"task": "embedding", "embedding": embedding}
                 manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
                 write_durably(staged / MANIFEST, manifest_bytes)
                 self.store.commit(staged, name, version)

@@ -207,6 +207,10 @@ class Gates(Strict):
     max_perplexity: Annotated[float, Field(gt=0)] | None = None
     min_tokens_per_second: Annotated[float, Field(ge=0)] | None = None
     max_peak_memory_mb: Annotated[float, Field(gt=0)] | None = None
+    # Embedding models: the share of (paraphrase, unrelated sentence) comparisons the paraphrase wins (default: as
+    # many as the original model wins), and sentences per second in the artifact's own runtime.
+    min_paraphrase_accuracy: Annotated[float, Field(ge=0, le=1)] | None = None
+    min_sentences_per_second: Annotated[float, Field(ge=0)] | None = None
 
 
 class Validate(Strict):
@@ -274,6 +278,25 @@ class Serve(Strict):
     engine: Literal["auto", "mlx", "llamacpp"] = "auto"
 
 
+# ---------------------------------------------------------------- embeddings
+
+
+class Embedding(Strict):
+    """How an embedding model makes one vector of a text. Unset: from the source's sentence-transformers files
+    when present (modules.json, 1_Pooling/config.json), else mean pooling for encoders and last-token pooling for
+    decoder LMs, normalised."""
+
+    pooling: Literal["mean", "cls", "last"] | None = None
+    normalize: bool | None = None
+    dimensions: list[Annotated[int, Field(gt=0)]] = Field(
+        [], description="shorter vectors a request may ask for (`dimensions`): the first N values, renormalised; "
+                        "only for models trained for it (Matryoshka). Empty: the full size only")
+    max_inputs: Annotated[int, Field(gt=0, le=65536)] = Field(2048, description="inputs in one request")
+
+
+EMBEDDING_FORMATS = "embedding models are built as gguf (f16, q8_0) or unquantized mlx formats"
+
+
 # ---------------------------------------------------------------- the spec
 
 
@@ -307,14 +330,22 @@ NOT_BUILD_INPUT = ("schedule", "fine_tune")
 # Fields the contract accepts before the factory acts on them (so specs can be written ahead of the feature), with
 # the warning `factory spec check` gives where one is set: accepted and silently ignored would mislead.
 NOT_IMPLEMENTED = {("serve", "draft"): "speculative decoding is not implemented yet; the draft model is ignored"}
+# Fields added after specs were published, each with its default: at its default a field is left out of the content
+# hash, so a spec that does not use it keeps the hash it had (upgrading must not republish every model).
+ADDED_LATER = {("task",): "chat", ("embedding",): None, ("validate", "gates", "min_paraphrase_accuracy"): None,
+               ("validate", "gates", "min_sentences_per_second"): None}
 
 
 class Spec(Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN, description="registry name; lowercase, digits, . _ -")]
+    task: Literal["chat", "embedding"] = Field("chat", description="what the model is served for: chat (and text "
+                                               "completions) or embedding (/v1/embeddings, /v1/rerank)")
     source: Source
     formats: Annotated[list[FormatEntry], Field(min_length=1)]
     validate_: Validate = Field(Validate(), alias="validate")
     fine_tune: FineTune | None = None
+    embedding: Embedding | None = Field(None, description="how it embeds (task: embedding; defaults apply when "
+                                        "left out)")
     serve: Serve = Serve()
     schedule: str | None = Field(None, description="cron expression for this spec's own scheduled build")
 
@@ -335,6 +366,22 @@ class Spec(Strict):
         return formats
 
     @model_validator(mode="after")
+    def _embedding_models(self) -> "Spec":
+        if self.task == "chat":
+            if self.embedding is not None:
+                raise ValueError("embedding: a chat model does not embed (set task: embedding)")
+            return self
+        if self.fine_tune is not None:
+            raise ValueError("fine_tune: embedding models are not fine-tuned here")
+        for entry in self.formats:
+            if not ((entry.gguf and entry.gguf.type in ("f16", "q8_0")) or (entry.mlx and not entry.mlx.quantize)):
+                raise ValueError(f"formats: {entry.key}: {EMBEDDING_FORMATS}")
+        if self.validate_.prompts or self.validate_.eval:
+            raise ValueError("validate: an embedding model has no prompts or perplexity; it is checked against the "
+                             "original model's vectors")
+        return self if self.embedding is not None else self.model_copy(update={"embedding": Embedding()})
+
+    @model_validator(mode="after")
     def _scheduled_builds_are_pinned(self) -> "Spec":
         if self.schedule and self.source.hf and self.source.revision is None:
             raise ValueError("a scheduled hub build needs source.revision (a branch, tag or commit)")
@@ -346,6 +393,12 @@ class Spec(Strict):
         # Blanked rather than dropped, so a spec that never set them keeps the hash it had before they were left
         # out (upgrading must not republish every model either).
         meaning = self.model_dump(mode="json", by_alias=True) | dict.fromkeys(NOT_BUILD_INPUT)
+        for *parents, field in ADDED_LATER:
+            node = meaning
+            for parent in parents:
+                node = node[parent]
+            if node[field] == ADDED_LATER[(*parents, field)]:
+                del node[field]
         canonical = json.dumps(meaning, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -1,6 +1,7 @@
 """Build flows: a spec becomes validated, published artifacts.
 
-    build_model(spec) = download → normalise → convert × formats → validate × formats → report → publish
+    build_model(spec) = download → normalise → [embedding settings] → convert × formats → validate × formats
+                        → report → publish
     build_all()       = build_model for every spec in specs/ whose build input or source changed since its last version
 
 Orchestration only: each step is a task in `tasks/`. Steps are content-cached, so an unchanged rebuild costs seconds.
@@ -22,6 +23,7 @@ from flows.finetune import finetune_model
 from flows.setup import ensure_heavy_limit
 from tasks.convert import artifact_dir, convert_format, wait_for_conversions
 from tasks.download import download_source, source_revision
+from tasks.embedding_settings import resolve_embedding, serving_settings
 from tasks.normalize import normalise_checkpoint
 from tasks.publish import latest_matching, publish_version
 from tasks.validate import failures, record_report, validate_artifact
@@ -44,8 +46,9 @@ def build_model(spec: str, specs_dir: str = "specs") -> dict[str, Any]:
 
     source = download_source(model.source, spec_dir, str(settings.hub_cache))
     source = normalise_checkpoint(source, runs)
-    conversions = [refreshed_if_missing(convert_format, artifact_dir(source, entry, runs)).submit(source, entry, runs)
-                   for entry in model.formats]
+    embedding = resolve_embedding(source, model.embedding) if model.task == "embedding" else None
+    conversions = [refreshed_if_missing(convert_format, artifact_dir(source, entry, runs, embedding))
+                   .submit(source, entry, runs, embedding) for entry in model.formats]
     artifacts = wait_for_conversions(conversions)
 
     reports = [validate_artifact(artifact, model.validate_, spec_dir) for artifact in artifacts]
@@ -54,7 +57,8 @@ def build_model(spec: str, specs_dir: str = "specs") -> dict[str, Any]:
         raise BuildFailed(f"{model.name}: validation failed, nothing published:\n" + "\n".join(problems))
 
     result = publish_version(model.name, artifacts, source, model.content_hash(), reports, str(settings.registry),
-                             serve=model.serve.model_dump(mode="json"))
+                             serve=model.serve.model_dump(mode="json"),
+                             embedding=serving_settings(embedding, model.embedding) if embedding else None)
     row = {"spec": model.name, "formats": [a.key for a in artifacts], "gates": "passed", "version": result.ref,
            "status": "published" if result.published else "up to date"}
     if model.fine_tune is not None:  # the base passed validation: refresh its fine-tuned model too

@@ -1,5 +1,7 @@
 """Convert step: one declared format of a source model into a directory: MLX through mlx-lm's own conversion API,
-GGUF through `formats/gguf/export.py`, Core ML through `formats/coreml/export.py`.
+GGUF through `formats/gguf/export.py`, Core ML through `formats/coreml/export.py`. An embedding model's artifacts
+(`convert_embedding`) are written the same way for decoder LMs and by `formats.gguf.bert` / `formats.embeddings`
+for encoders, and carry their embedding settings (`embedding.json`).
 
 Outputs are content-addressed (`runs/convert/<digest>-<format key>/`): the digest covers the source's identity, the
 format's options and the converter's version, so an unchanged rebuild finds the output instead of converting.
@@ -21,6 +23,9 @@ from prefect.logging import get_run_logger
 from factory.content_keys import content_key
 from factory.spec import FormatEntry, MlxFormat
 from formats.coreml.export import export_coreml
+from formats.embeddings.export_mlx import export_mlx_encoder
+from formats.embeddings.settings import write_settings
+from formats.gguf.bert import export_bert_gguf
 from formats.gguf.export import export_gguf
 from tasks.download import SourceSnapshot
 
@@ -39,31 +44,39 @@ class BuiltArtifact:
     path: str
     identity: str  # digest of (source identity, format options, converter version)
     source: str = ""  # the model directory it was converted from (validation compares against it)
+    embedding: dict | None = None  # an embedding model's settings (formats.embeddings.settings); None: a chat model
 
 
-def artifact_identity(source: SourceSnapshot, entry: FormatEntry) -> str:
-    return content_key(source.identity, entry, CONVERTER_VERSION, version("mlx-lm"))
+def artifact_identity(source: SourceSnapshot, entry: FormatEntry, embedding: dict | None = None) -> str:
+    # An embedding artifact's settings are part of what it is; a chat artifact's key stays as it always was.
+    extra = () if embedding is None else (embedding,)
+    return content_key(source.identity, entry, CONVERTER_VERSION, version("mlx-lm"), *extra)
 
 
-def artifact_dir(source: SourceSnapshot, entry: FormatEntry, runs_dir: str | Path) -> Path:
-    return Path(runs_dir) / "convert" / f"{artifact_identity(source, entry)[:24]}-{entry.key}"
+def artifact_dir(source: SourceSnapshot, entry: FormatEntry, runs_dir: str | Path,
+                 embedding: dict | None = None) -> Path:
+    return Path(runs_dir) / "convert" / f"{artifact_identity(source, entry, embedding)[:24]}-{entry.key}"
 
 
 def _convert_key(context, parameters) -> str:
-    return artifact_identity(parameters["source"], parameters["entry"])
+    return artifact_identity(parameters["source"], parameters["entry"], parameters.get("embedding"))
 
 
 @task(cache_key_fn=_convert_key, persist_result=True, task_run_name="convert {entry.key}")
-def convert_format(source: SourceSnapshot, entry: FormatEntry, runs_dir: str) -> BuiltArtifact:
-    out = artifact_dir(source, entry, runs_dir)
+def convert_format(source: SourceSnapshot, entry: FormatEntry, runs_dir: str,
+                   embedding: dict | None = None) -> BuiltArtifact:
+    out = artifact_dir(source, entry, runs_dir, embedding)
     artifact = BuiltArtifact(key=entry.key, family=entry.family, path=str(out),
-                             identity=artifact_identity(source, entry), source=source.path)
+                             identity=artifact_identity(source, entry, embedding), source=source.path,
+                             embedding=embedding)
     if out.exists():
         return artifact
     staging = out.with_name(f"{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     with concurrency(HEAVY, occupy=1):
         try:
-            if entry.mlx is not None:
+            if embedding is not None:
+                convert_embedding(Path(source.path), entry, staging, embedding)
+            elif entry.mlx is not None:
                 convert_mlx(Path(source.path), entry.mlx, staging)
             elif entry.gguf is not None:
                 staging.mkdir(parents=True)
@@ -91,6 +104,24 @@ def convert_mlx(source: Path, options: MlxFormat, out: Path) -> None:
         q_mode=quantize.mode if quantize else "affine",
         dtype=options.dtype or ("float16" if quantize is None else None),
     )
+
+
+def convert_embedding(source: Path, entry: FormatEntry, out: Path, settings: dict) -> None:
+    """An embedding model's artifact: a decoder LM converts like any LM (its runtime pools the hidden states); an
+    encoder through the BERT exports. Either way it carries its settings."""
+    encoder = settings["architecture"] == "encoder"
+    if entry.gguf is not None:
+        out.mkdir(parents=True)
+        file = out / f"model-{entry.gguf.type}.gguf"
+        if encoder:
+            export_bert_gguf(source, file, entry.gguf.type, settings["pooling"])
+        else:
+            export_gguf(source, file, entry.gguf.type)
+    elif encoder:
+        export_mlx_encoder(source, out, entry.mlx.dtype or "float16", settings)
+    else:
+        convert_mlx(source, entry.mlx, out)
+    write_settings(out, settings)
 
 
 def wait_for_conversions(futures) -> list[BuiltArtifact]:

@@ -5,6 +5,7 @@ The source's format is detected, not declared:
     mlx-q     an mlx-lm folder with quantized weights                  dequantized by mlx-lm's convert
     pickle    a folder with config.json and *.bin / *.pt / *.pth        rewritten as safetensors
     gguf      a .gguf file (or a folder holding just one)              imported by formats/gguf/importer.py
+    zip       a .zip of a model folder (as some model wheels ship one)  unpacked, then read as that folder
 Anything else is refused with an error naming the path. Pickles can run code when loaded and cannot be
 memory-mapped, so they never go further than this step: tensors are loaded with `weights_only=True`, and
 huggingface_hub's `save_torch_state_dict` drops shared (tied) duplicates, makes tensors contiguous and shards.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 from prefect import task
@@ -33,8 +35,10 @@ def source_kind(snapshot: SourceSnapshot) -> str:
     if path.is_file():
         if path.suffix == ".gguf":
             return "gguf"
-        raise UnsupportedSource(f"{path}: not a model file this factory reads (give a .gguf file, or a folder with "
-                                f"config.json and safetensors or pickled PyTorch weights)")
+        if path.suffix == ".zip":
+            return "zip"
+        raise UnsupportedSource(f"{path}: not a model file this factory reads (give a .gguf or .zip file, or a folder "
+                                f"with config.json and safetensors or pickled PyTorch weights)")
     ggufs = [n for n in names if n.endswith(".gguf")]
     safetensors = [n for n in names if n.endswith(".safetensors")]
     pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
@@ -75,6 +79,9 @@ def untie_shared_tensors(state: dict, keep_tied: bool) -> dict:
 def normalise_checkpoint(snapshot: SourceSnapshot, runs_dir: str) -> SourceSnapshot:
     """Return `snapshot` unchanged when it already is a safetensors model folder, or a normalised copy of it."""
     kind = source_kind(snapshot)
+    if kind == "zip":
+        snapshot = _unzipped(snapshot, Path(runs_dir))
+        kind = source_kind(snapshot)
     if kind == "hf":
         return snapshot
     out = Path(runs_dir) / "normalise" / content_key(snapshot.identity, kind)[:24]
@@ -88,6 +95,26 @@ def normalise_checkpoint(snapshot: SourceSnapshot, runs_dir: str) -> SourceSnaps
     # Keep the source's revision: lineage points at what was downloaded, not at our rewrite of it.
     return SourceSnapshot(path=normalised.path, revision=snapshot.revision, identity=normalised.identity,
                           origin=snapshot.origin, files=normalised.files)
+
+
+def _unzipped(snapshot: SourceSnapshot, runs_dir: Path) -> SourceSnapshot:
+    """The archive's model folder (its single top folder, if it has one), unpacked once per archive content. A
+    member whose path would land outside the folder (`../`, absolute) is refused rather than written."""
+    out = runs_dir / "normalise" / content_key(snapshot.identity, "zip")[:24]
+    if not out.exists():
+        staging = out.with_name(out.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        with zipfile.ZipFile(snapshot.path) as archive:
+            for member in archive.namelist():
+                if not (staging / member).resolve().is_relative_to(staging.resolve()):
+                    raise UnsupportedSource(f"{snapshot.path}: member {member!r} would unpack outside the folder")
+            archive.extractall(staging)
+        staging.rename(out)
+    entries = list(out.iterdir())
+    folder = entries[0] if len(entries) == 1 and entries[0].is_dir() else out
+    unpacked = snapshot_local(folder)
+    return SourceSnapshot(path=unpacked.path, revision=snapshot.revision, identity=unpacked.identity,
+                          origin=snapshot.origin, files=unpacked.files)
 
 
 def _from_gguf(snapshot: SourceSnapshot, out: Path) -> None:

