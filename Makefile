@@ -1,4 +1,4 @@
-# Two commands: `make up` (install, build the demo model SmolLM2, serve it on :8080) and `make test` (install, run the suite).
+# Two commands: `make up` (install, build the demo models: SmolLM2 for chat, all-MiniLM-L6-v2 for embeddings; serve them on :8080) and `make test` (install, run the suite).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python

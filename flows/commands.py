@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
@@ -19,6 +20,8 @@ from factory.settings import Settings
 from factory.spec import SpecError, discover_specs, find_spec, load_spec
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
+# What `factory up` (and `make up`) builds and serves: the chat model, served as `default`, and the embedding model.
+DEMO_SPECS = ("specs/smollm2-135m-instruct.yaml", "specs/all-minilm-l6-v2.yaml")
 
 
 def build_one_row(spec: str, specs_dir: str) -> dict[str, Any]:
@@ -138,9 +141,10 @@ def serve_model_file(path: Path, name: str | None, serve_settings: dict[str, Any
     return serve(options.serving_default(loaded.spec.name))
 
 
-def up(spec: str, options: ServeOptions) -> int:
-    """Prefect server (unless one is configured), build and publish `spec`, register the deployments and start a
-    worker (so the server's fine-tuning API has something to run on), then serve the registry.
+def up(specs: Sequence[str], options: ServeOptions) -> int:
+    """Prefect server (unless one is configured), build and publish `specs` (the first one is served as `default`
+    unless the server config names another), register the deployments and start a worker (so the server's
+    fine-tuning API has something to run on), then serve the registry.
 
     However it ends (the server exits, Ctrl-C, SIGTERM from a service manager, a container runtime or `kill`, or a
     failed step), every process it started stops with it: first the worker and gunicorn with what they started, then
@@ -151,13 +155,15 @@ def up(spec: str, options: ServeOptions) -> int:
     with exit_on_signals():  # SIGTERM and SIGHUP raise SystemExit here, as Ctrl-C raises KeyboardInterrupt
         try:
             server = ensure_prefect_server(settings)
-            row = build_one_row(spec, "specs")
-            print(f"{row['spec']}: {row['status']} {row['version']}", flush=True)
-            if row["status"] in ("failed", "invalid"):
-                print(row["detail"], file=sys.stderr)
-                return 1
+            rows = []
+            for spec in specs:
+                rows.append(row := build_one_row(spec, "specs"))
+                print(f"{row['spec']}: {row['status']} {row['version']}", flush=True)
+                if row["status"] in ("failed", "invalid"):
+                    print(row["detail"], file=sys.stderr)
+                    return 1
             if options.effective().config.models.default is None:
-                options = options.serving_default(row["spec"])
+                options = options.serving_default(rows[0]["spec"])
             if deploy() != 0:
                 return 1
             children.append(subprocess.Popen([sys.executable, "-m", "factory.cli", "worker"], cwd=PROJECT_DIR,

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
-from serving.inference.types import Event, GenerateRequest, ModelInfo, ModelStats
+from serving.inference.types import EmbedRequest, Embeddings, Event, GenerateRequest, ModelInfo, ModelStats
 
 
 class EventStream(Protocol):
@@ -30,8 +30,9 @@ class ModelHandle(Protocol):
         """Validate `request` against this model and start it; raises InvalidRequest or QueueFull before any
         event, so the API can still answer with a status."""
 
-    async def embed(self, texts: list[str]) -> list[list[float]]:
-        """One vector per text; raises InvalidRequest where the model does not embed."""
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        """One vector per input, batched with other requests' inputs; raises InvalidRequest where the model does
+        not embed or an input is too long, QueueFull when the model is busy."""
 
     def describe(self) -> ModelInfo:
         ...

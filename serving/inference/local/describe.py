@@ -1,28 +1,45 @@
 """What a registry version says about itself to clients: formats with readable quantization labels, the context
-length, and the engine this host would serve it with."""
+length, the engine this host would serve it with, and its task: `chat`, or `embedding` with the vectors it makes."""
 from __future__ import annotations
+
+from typing import Any
 
 from factory.registry import Version
 from factory.spec import Serve
-from serving.inference.local.select import NoEngine, select_artifact
+from serving.inference.local.select import NoEngine, select_artifact, select_embedding_artifact
 from serving.inference.types import ModelInfo
 
 COREML_COMPRESSION = {"int8": "8-bit linear", "palettize4": "4-bit palettized"}
 
 
-def model_info(model_id: str, version: Version, serve: Serve, aliases: list[str], loaded: bool) -> ModelInfo:
+def model_info(model_id: str, version: Version, serve: Serve, aliases: list[str], loaded: bool,
+               embedding: dict[str, Any] | None = None) -> ModelInfo:
+    """`embedding`: the manifest's section of an embedding model (None for a chat model)."""
+    context = serve.context_length if embedding is None else min(serve.context_length, embedding["max_tokens"])
     return ModelInfo(id=model_id, ref=version.ref, name=version.name, version=version.version,
                      created=version.created, aliases=aliases, formats=version.formats,
                      quantization={key: quantization_label(key) for key in version.formats},
-                     context_length=serve.context_length, engine=engine_name(version, serve), loaded=loaded)
+                     context_length=context, engine=engine_name(version, serve, embedding is not None), loaded=loaded,
+                     extra=task_fields(embedding, context))
 
 
-def engine_name(version: Version, serve: Serve) -> str | None:
+def task_fields(embedding: dict[str, Any] | None, context: int) -> dict[str, Any]:
+    """What /v1/models says a model is for: `task`, and for an embedding model the vectors and limits."""
+    if embedding is None:
+        return {"task": "chat"}
+    return {"task": "embedding", "embedding": {
+        "dimensions": embedding["dimensions"], "allowed_dimensions": embedding["allowed_dimensions"],
+        "pooling": embedding["pooling"], "normalized": embedding["normalize"], "max_input_tokens": context,
+        "max_inputs": embedding["max_inputs"]}}
+
+
+def engine_name(version: Version, serve: Serve, embeds: bool = False) -> str | None:
     try:
-        engine, _ = select_artifact(version, serve.engine)
+        if embeds:
+            return select_embedding_artifact(version, serve.engine)[0]
+        return select_artifact(version, serve.engine)[0].name
     except NoEngine:
         return None
-    return engine.name
 
 
 def quantization_label(format_key: str) -> str:
