@@ -85,3 +85,30 @@ def test_models_say_which_model_embeds_and_chat_models_refuse(server):
     too_long = httpx.post(f"{server.url}/v1/embeddings", json={"model": MODEL, "input": ["ok", "word " * 300]})
     assert too_long.status_code == 400 and too_long.json()["error"]["param"] == "input[1]"
     assert "has 302 tokens; all-minilm-l6-v2@1 embeds at most 256" in too_long.json()["error"]["message"]
+
+
+def test_the_mlx_artifact_serves_the_same_vectors_in_process(tmp_path, original):
+    """The real pool and loader choosing the MLX runtime (`serve.engine: mlx`), in-process over ASGI."""
+    from factory.server_config import ServerConfig
+    from serving.app import create_app
+    from serving.inference.pool import ModelPool
+
+    artifact, limits = embedding_artifact(minilm_source(), tmp_path / "mlx-float32", {"mlx": {"dtype": "float32"}})
+    registry = Registry(tmp_path / "registry")
+    registry.publish(MODEL, {"mlx-float32": artifact}, serve={"engine": "mlx"}, embedding=limits)
+    config = ServerConfig(root=tmp_path, registry=registry.root)
+    pool = ModelPool(registry, config.models)
+
+    async def embed() -> list:
+        await pool.start()
+        app = create_app(config, models=pool)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://in-process") as http:
+            client = openai.AsyncOpenAI(base_url="http://in-process/v1", api_key="-", http_client=http)
+            response = await client.embeddings.create(model=MODEL, input=SENTENCES)
+            described = (await client.models.retrieve(MODEL)).model_extra
+        await pool.stop()
+        return [item.embedding for item in response.data], described
+
+    vectors, described = asyncio.run(embed())
+    assert described["engine"] == "mlx" and described["task"] == "embedding"
+    assert cosine_rows(np.array(vectors, dtype=np.float32), original).min() >= 0.99
