@@ -7,6 +7,9 @@
     factory registry promote REF ALIAS   point an alias (e.g. prod) at a version
     factory registry rollback NAME [--alias A]
     factory registry verify [REF ...]    re-hash files against manifests (default: every version)
+    factory keys create NAME --scope inference|fine-tune|admin [--rpm N] [--tpm N]
+                                         a server API key: its secret is printed once, then only its hash is kept
+    factory keys ls | revoke NAME        list keys (no secrets); revoke one (every worker refuses it at once)
     factory build NAME_OR_PATH ... | --all
     factory finetune NAME [--train F ...] fine-tune as a spec's fine_tune: says, or any registry model with --train
     factory deploy                       register prefect.yaml's deployments and one per scheduled spec
@@ -31,6 +34,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from factory.keys import SCOPES, KeyStore, KeyStoreError
 from factory.registry import Registry, RegistryError
 from factory.services import ServeOptions, apply_prefect_environment, serve, with_openblas
 from factory.server_config import ServerConfigError
@@ -93,6 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("refs", nargs="*")
     verify.set_defaults(run=registry_verify)
 
+    keys = subcommands.add_parser("keys", help="API keys for the server").add_subparsers(metavar="ACTION")
+    create = keys.add_parser("create", help="make a key and print its secret (once)")
+    create.add_argument("name")
+    create.add_argument("--scope", required=True, choices=SCOPES)
+    create.add_argument("--rpm", type=int, help="requests per minute (default: unlimited)")
+    create.add_argument("--tpm", type=int, help="prompt + completion tokens per minute (default: unlimited)")
+    create.set_defaults(run=keys_create)
+    keys.add_parser("ls", help="list keys (name, prefix, scope, limits; never secrets)").set_defaults(run=keys_ls)
+    revoke = keys.add_parser("revoke", help="revoke a key; the server refuses it from the next request on")
+    revoke.add_argument("name")
+    revoke.set_defaults(run=keys_revoke)
+
     build = subcommands.add_parser("build", help="build specs into validated, published versions")
     build.add_argument("specs", nargs="*", metavar="NAME_OR_PATH")
     build.add_argument("--all", action="store_true", help="every spec in --specs-dir that changed")
@@ -122,9 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--draft", help="for PATH: a draft model for speculative decoding (not implemented yet)")
     add_serve_options(serve)
     serve.set_defaults(run=run_serve)
-    up = subcommands.add_parser("up", help="Prefect server, build the demo spec, serve it")
+    up = subcommands.add_parser("up", help="Prefect server, build the demo specs, serve them")
     add_serve_options(up)
-    up.add_argument("--spec", default="specs/smollm2-135m-instruct.yaml")
+    up.add_argument("--spec", action="append", help="a spec to build and serve (repeatable; the first is `default`); "
+                                                    "default: the demo's chat and embedding models")
     up.set_defaults(run=run_up)
     return parser
 
@@ -224,6 +241,40 @@ def registry_verify(args: argparse.Namespace) -> int:
         failed += bool(problems)
         print("\n".join(problems) if problems else f"{ref}: ok")
     return 1 if failed else 0
+
+
+# ---------------------------------------------------------------- keys
+
+
+def keys_create(args: argparse.Namespace) -> int:
+    try:
+        secret = KeyStore(Settings.from_env().root).create(args.name, args.scope, rpm=args.rpm, tpm=args.tpm)
+    except KeyStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    limits = ", ".join(f"{value} {unit}" for value, unit in ((args.rpm, "rpm"), (args.tpm, "tpm")) if value)
+    print(f"key {args.name} ({args.scope}{', ' + limits if limits else ''}); its secret, shown only now:",
+          file=sys.stderr)
+    print(secret)  # alone on stdout, so `KEY=$(factory keys create ...)` captures just the secret
+    return 0
+
+
+def keys_ls(args: argparse.Namespace) -> int:
+    rows = [[key.name, key.prefix + "…", key.scope, str(key.rpm or "-"), str(key.tpm or "-"), _when(key.created),
+             f"revoked {_when(key.revoked)}" if key.revoked else "active"]
+            for key in KeyStore(Settings.from_env().root).list()]
+    print_table(["NAME", "PREFIX", "SCOPE", "RPM", "TPM", "CREATED", "STATUS"], rows)
+    return 0
+
+
+def keys_revoke(args: argparse.Namespace) -> int:
+    try:
+        KeyStore(Settings.from_env().root).revoke(args.name)
+    except KeyStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"revoked {args.name}")
+    return 0
 
 
 # ---------------------------------------------------------------- pipeline
@@ -330,7 +381,7 @@ def run_up(args: argparse.Namespace) -> int:
         return options
     from flows import commands
 
-    return commands.up(args.spec, options)
+    return commands.up(args.spec or list(commands.DEMO_SPECS), options)
 
 
 # ---------------------------------------------------------------- output

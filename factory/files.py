@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from factory.storage import write_durably
+
+FILE_ID = re.compile(r"file-[0-9a-f]{24}")  # what `adopt` names files
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,10 @@ class FileStore:
         return stored
 
     def get(self, file_id: str) -> StoredFile | None:
+        if not FILE_ID.fullmatch(file_id):  # not an id this store makes: never a path, nor a name too long for one
+            return None
         meta = self._meta(file_id)
-        if "/" in file_id or not meta.is_file():
+        if not meta.is_file():
             return None
         return StoredFile(**json.loads(meta.read_text()))
 

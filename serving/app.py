@@ -8,17 +8,24 @@ import falcon.asgi
 import orjson
 
 from factory.files import FileStore
+from factory.keys import KeyStore
 from factory.registry import Registry
 from factory.server_config import ServerConfig, load_server_config
 from serving.api import errors
+from serving.api.auth import Auth
+from serving.api.limit_stores import open_store
+from serving.api.metrics import RequestMetrics
 from serving.api.middleware import BodyLimit, Lifecycle, RequestContext
+from serving.api.ratelimit import RateLimits
 from serving.api.render.openai import ChatRenderer, CompletionRenderer
 from serving.api.resources.files import Files
 from serving.api.resources.fine_tuning import FineTuningJobs
+from serving.api.resources.embeddings import EmbeddingsEndpoint, RerankEndpoint
 from serving.api.resources.generation import GenerationEndpoint
 from serving.api.resources.health import Health, Ready
 from serving.api.resources.metrics import Metrics
 from serving.api.resources.models import Models
+from serving.api.resources.openapi import SWAGGER_UI, DocsPage, OpenAPIDocument
 from serving.api.schemas.openai import ChatCompletionRequest, CompletionRequest
 from serving.api.transport import GuardedTransport
 from serving.inference.handle import ModelCatalog
@@ -43,11 +50,14 @@ def create_app(config: ServerConfig | None = None, *, models: ModelCatalog | Non
 
         jobs = PrefectJobs(Registry(config.registry_root))
     body_limit = BodyLimit(config.requests.max_body_bytes, config.requests.max_upload_bytes)
-    middleware = [RequestContext(), body_limit, Lifecycle(models)]
+    keys = Auth(KeyStore(config.root), config.auth.keys)  # keys -> principal, then its per-key limits
+    router = falcon.routing.CompiledRouter()  # RequestMetrics names the route of a request refused before routing
+    middleware = [RequestContext(), RequestMetrics(router), keys, RateLimits(open_store(config.root, config.limits)),
+                  body_limit, Lifecycle(models)]
     if config.cors.origins:
         middleware.insert(0, falcon.CORSMiddleware(allow_origins=list(config.cors.origins),
                                                    expose_headers=EXPOSED_HEADERS))
-    app = falcon.asgi.App(middleware=middleware)
+    app = falcon.asgi.App(middleware=middleware, router=router)
     json = falcon.media.JSONHandler(dumps=lambda o: orjson.dumps(o).decode(), loads=orjson.loads)
     app.req_options.media_handlers[falcon.MEDIA_JSON] = json
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = json
@@ -59,9 +69,11 @@ def create_app(config: ServerConfig | None = None, *, models: ModelCatalog | Non
     app.add_route("/v1/chat/completions", chat)
     app.add_route("/chat", chat)  # the path the product's first plan named
     app.add_route("/v1/completions", GenerationEndpoint(models, CompletionRequest, CompletionRenderer))
+    app.add_route("/v1/embeddings", EmbeddingsEndpoint(models))
+    app.add_route("/v1/rerank", RerankEndpoint(models))
     app.add_route("/health", Health())
     app.add_route("/ready", Ready(models))
-    app.add_route("/metrics", Metrics(models))
+    app.add_route("/metrics", Metrics())
 
     files = FileStore(config.files)
     file_routes = Files(files)
@@ -73,6 +85,12 @@ def create_app(config: ServerConfig | None = None, *, models: ModelCatalog | Non
     app.add_route("/v1/fine_tuning/jobs/{job_id}", tuning, suffix="one")
     app.add_route("/v1/fine_tuning/jobs/{job_id}/events", tuning, suffix="events")
     app.add_route("/v1/fine_tuning/jobs/{job_id}/cancel", tuning, suffix="cancel")
+
+    document = OpenAPIDocument(app)  # generated from the routes above, on first request
+    app.add_route("/openapi.json", document)
+    app.add_route("/docs/openapi-3.0.json", document, suffix="swagger")
+    app.add_route("/docs", DocsPage())
+    app.add_static_route("/docs/static", SWAGGER_UI)
 
     errors.install(app)
     return GuardedTransport(app, body_limit, config.requests.read_timeout_s, config.requests.send_timeout_s)

@@ -18,7 +18,7 @@ key_name: contextvars.ContextVar[str | None] = contextvars.ContextVar("key_name"
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = {"ts": round(time.time(), 3), "level": record.levelname.lower(), "logger": record.name,
-                "message": record.getMessage()}
+                "pid": record.process, "message": record.getMessage()}  # pid: which worker wrote it
         if request_id.get():
             line["request_id"] = request_id.get()
         if key_name.get():

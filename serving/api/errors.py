@@ -16,8 +16,8 @@ from serving.jobs import JobConflict, JobNotFound, JobsUnavailable
 
 log = logging.getLogger("factory.serving")
 
-TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
-         413: "invalid_request_error", 429: "rate_limit_error"}
+TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+         404: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error"}
 
 
 class APIError(falcon.HTTPError):

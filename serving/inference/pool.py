@@ -18,23 +18,34 @@ from typing import Any
 from factory.registry import NotFound, Registry, RegistryError, Version
 from factory.spec import Serve
 from factory.server_config import ModelsConfig
+from formats.embeddings.runtime import Embedder, load_embedder
+from serving.inference import metrics
 from serving.inference.local.describe import model_info
+from serving.inference.local.embedding_model import EmbeddingModel
 from serving.inference.local.engines.base import Engine
 from serving.inference.local.model import LocalModel
 from serving.inference.local.scheduler import Scheduler
-from serving.inference.local.select import NoEngine, select_artifact
+from serving.inference.local.select import NoEngine, select_artifact, select_embedding_artifact
 from serving.inference.types import ModelInfo, ModelStats, Unavailable, UnknownModel
 from serving.inference.watcher import RegistryWatcher
 
 log = logging.getLogger("factory.serving")
 DEFAULT = "default"  # the id clients use when they do not care which model answers
+EMBED_BATCH = 32  # inputs an embedding model embeds per call, across concurrent requests
 
 # (version, its serving settings, max batch) -> (a loaded engine, the artifact it serves)
 EngineLoader = Callable[[Version, Serve, int], tuple[Engine, str]]
 
 
-def load_engine(version: Version, serve: Serve, max_batch: int) -> tuple[Engine, str]:
-    """The engine this host runs best for `version`, loaded from the matching artifact."""
+def load_engine(version: Version, serve: Serve, max_batch: int) -> tuple[Engine | Embedder, str]:
+    """The engine this host runs best for `version`, loaded from the matching artifact (an embedding model's:
+    its runtime, batches of EMBED_BATCH inputs)."""
+    if version.manifest().get("task") == "embedding":
+        try:
+            _, artifact = select_embedding_artifact(version, serve.engine)
+        except NoEngine as exc:
+            raise UnknownModel(version.ref, str(exc)) from None
+        return load_embedder(version.artifact(artifact), EMBED_BATCH), artifact
     try:
         engine_class, artifact = select_artifact(version, serve.engine)
     except NoEngine as exc:
@@ -114,7 +125,8 @@ class ModelPool:
         version = await self.resolve(model_id)
         aliases = [f"{version.name}@{alias}" for alias in version.aliases]
         aliases += [alias for alias, ref in self.routes.items() if ref == version.ref and alias != version.name]
-        info = model_info(model_id, version, await self._serve(version), aliases, loaded=version.ref in self.loaded)
+        info = model_info(model_id, version, await self._serve(version), aliases, loaded=version.ref in self.loaded,
+                          embedding=(await self._manifest(version)).get("embedding"))
         if base := (await self._manifest(version)).get("lineage", {}).get("base"):
             info.extra["parent"] = base  # a fine-tune names its base, as vLLM does for adapters
         if info.loaded:  # the engine actually running it
@@ -136,8 +148,8 @@ class ModelPool:
             raise Unavailable(f"{default} cannot be loaded: {exc}") from None
 
     def stats(self) -> list[ModelStats]:
-        return [ModelStats(ref=ref, loaded_bytes=model.nbytes, active=len(model.scheduler.active),
-                           queued=len(model.scheduler.incoming), generated_tokens=model.scheduler.tokens,
+        return [ModelStats(ref=ref, loaded_bytes=model.nbytes, active=model.scheduler.decoding,
+                           queued=model.scheduler.waiting, generated_tokens=model.scheduler.tokens,
                            decode_steps=model.scheduler.steps) for ref, model in list(self.loaded.items())]
 
     # ------------------------------------------------------------ leases
@@ -173,9 +185,14 @@ class ModelPool:
         started = time.monotonic()
         engine, artifact = await asyncio.to_thread(self.engine_loader, version, serve, self.config.max_batch)
         nbytes = sum(entry["size"] for entry in manifest["artifacts"][artifact]["files"].values())
-        model = LocalModel(version=version, serve=serve, artifact=artifact, engine=engine, nbytes=nbytes,
-                           scheduler=Scheduler(engine, self.config.max_batch, self.config.queue_size, version.ref))
+        if isinstance(engine, Embedder):  # an embedding model: batches of inputs, no generation
+            model = EmbeddingModel.around(engine, version, serve, artifact, nbytes, manifest["embedding"],
+                                          self.config.queue_size)
+        else:
+            model = LocalModel(version=version, serve=serve, artifact=artifact, engine=engine, nbytes=nbytes,
+                               scheduler=Scheduler(engine, self.config.max_batch, self.config.queue_size, version.ref))
         self.loaded[version.ref] = model
+        metrics.model_loaded(version.ref, nbytes)
         log.info("loaded %s (%s, %.1f MB) in %.2fs", version.ref, artifact, nbytes / 1e6, time.monotonic() - started)
         self.evict(keep=model)
         return model
@@ -214,6 +231,7 @@ class ModelPool:
     def _unload(self, model: LocalModel) -> None:
         if self.loaded.pop(model.ref, None) is None:
             return
+        metrics.model_unloaded(model.ref, model.nbytes)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -224,4 +242,5 @@ class ModelPool:
     def close(self) -> None:
         for model in list(self.loaded.values()):
             if self.loaded.pop(model.ref, None) is not None:
+                metrics.model_unloaded(model.ref, model.nbytes)
                 model.unload()

@@ -46,6 +46,28 @@ class GenerateRequest:
         return "messages" if self.messages is not None else "prompt"
 
 
+@dataclass
+class EmbedRequest:
+    """Inputs to embed: texts, or token id lists a client tokenized itself (used as given, special tokens
+    included); `dimensions`: a shorter vector the model allows (its first values, renormalised)."""
+
+    inputs: list[str] | list[list[int]]
+    dimensions: int | None = None
+    fields: list[str] | None = None  # the request field each input came from, for errors (default: input[i])
+
+    def field(self, index: int) -> str:
+        return self.fields[index] if self.fields else f"input[{index}]"
+
+
+@dataclass
+class Embeddings:
+    """One vector per input, in order: a float32 array (inputs × dimensions), and the tokens they took."""
+
+    vectors: Any
+    prompt_tokens: int
+    ref: str  # the version that embedded them
+
+
 # ---------------------------------------------------------------- events
 
 
@@ -58,11 +80,13 @@ class TokenLogprob:
 
 @dataclass
 class TokenEvent:
-    """Text released for sequence `index` (possibly empty when only a logprob is reported)."""
+    """Text released for sequence `index` (possibly empty when only a logprob is reported), and how many tokens the
+    sequence has generated so far (a stream the client leaves early is still counted up to there)."""
 
     index: int
     text: str
     logprob: TokenLogprob | None = None
+    completion_tokens: int = 0
 
 
 @dataclass
@@ -101,7 +125,7 @@ class ModelInfo:
 
 @dataclass
 class ModelStats:
-    """A loaded model's live counters, for /metrics."""
+    """A loaded model's live counters in this process (/metrics reads `serving.inference.metrics`, every worker's)."""
 
     ref: str
     loaded_bytes: int

@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey, FlowFilter,
                                             FlowFilterName, LogFilter, LogFilterFlowRunId)
@@ -30,12 +33,27 @@ STEP = re.compile(r"step (\d+)/(\d+): (train|valid) loss ([0-9.na]+)")
 LEVELS = {10: "info", 20: "info", 30: "warn", 40: "error", 50: "error"}
 
 
+@asynccontextmanager
+async def prefect_client() -> AsyncIterator[Any]:
+    """Prefect's client, with Prefect being down (or answering 5xx) reported as JobsUnavailable: the API's 503."""
+    try:
+        async with get_client() as client:
+            yield client
+    except httpx.RequestError as exc:  # refused, timed out: no Prefect server where PREFECT_API_URL points
+        raise JobsUnavailable(f"the Prefect API cannot be reached ({type(exc).__name__}); fine-tuning needs the "
+                              "Prefect server that `factory up` starts", code="prefect_unreachable") from None
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code < 500:
+            raise
+        raise JobsUnavailable(f"the Prefect API failed ({exc.response.status_code})", code="prefect_error") from None
+
+
 class PrefectJobs:
     def __init__(self, registry: Registry):
         self.registry = registry
 
     async def create(self, parameters: dict[str, Any]) -> Job:
-        async with get_client() as client:
+        async with prefect_client() as client:
             try:
                 deployment = await client.read_deployment_by_name(FINETUNE_DEPLOYMENT)
             except ObjectNotFound:
@@ -46,7 +64,7 @@ class PrefectJobs:
         return await self._job(run)
 
     async def list(self, limit: int) -> tuple[list[Job], bool]:
-        async with get_client() as client:
+        async with prefect_client() as client:
             runs = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[FINETUNE_FLOW])),
                                                sort=FlowRunSort.START_TIME_DESC, limit=limit + 1)
         return [await self._job(run) for run in runs[:limit]], len(runs) > limit
@@ -56,7 +74,7 @@ class PrefectJobs:
 
     async def events(self, job_id: str, limit: int) -> list[JobEvent]:
         run = await self._run(job_id)
-        async with get_client() as client:
+        async with prefect_client() as client:
             logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
                                           sort=LogSort.TIMESTAMP_DESC, limit=limit)
         return [_event(log) for log in logs]
@@ -68,7 +86,7 @@ class PrefectJobs:
         # A run still waiting for a worker is cancelled outright; a running one is asked to stop (its worker
         # kills the process and marks it cancelled).
         state = Cancelling() if run.state.type == StateType.RUNNING else Cancelled()
-        async with get_client() as client:
+        async with prefect_client() as client:
             await client.set_flow_run_state(run.id, state, force=True)
             run = await client.read_flow_run(run.id)
         return await self._job(run)
@@ -80,7 +98,7 @@ class PrefectJobs:
             run_id = uuid.UUID(job_id.removeprefix("ftjob-"))
         except ValueError:
             raise JobNotFound(job_id) from None
-        async with get_client() as client:
+        async with prefect_client() as client:
             try:
                 run = await client.read_flow_run(run_id)
             except ObjectNotFound:
@@ -92,7 +110,7 @@ class PrefectJobs:
     async def _fine_tuned_model(self, run_id: uuid.UUID) -> Version | None:
         """The registry version a succeeded run ended with: the one it published, or the identical one an earlier
         run had published (the flow records the ref as an artifact either way)."""
-        async with get_client() as client:
+        async with prefect_client() as client:
             artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
                 flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]), key=ArtifactFilterKey(any_=[RESULT_ARTIFACT])))
         if not artifacts:

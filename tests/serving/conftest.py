@@ -61,9 +61,10 @@ def tiny_mlx_v2(tmp_path_factory) -> Path:
     return mlx_float16(tmp_path_factory, seed=1)
 
 
-def start_server(root: Path, artifact: Path, format_key: str = "mlx-float16", **env: str) -> Server:
+def start_server(root: Path, artifact: Path, format_key: str = "mlx-float16", serve: dict | None = None,
+                 **env: str) -> Server:
     registry = Registry(root / "registry")
-    registry.publish("tiny", {format_key: artifact}, serve=SERVE)
+    registry.publish("tiny", {format_key: artifact}, serve=serve or SERVE)
     port = free_port()
     log = root / "server.log"
     environment = {**os.environ, "FACTORY_ROOT": str(root), "FACTORY_REGISTRY": str(registry.root),

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving.inference.types import DoneEvent, Event, TokenEvent, TokenLogprob
+from serving.inference.types import Event, TokenEvent, TokenLogprob
 
 
 @dataclass
@@ -31,12 +31,18 @@ class Choice:
 
 @dataclass
 class Usage:
+    """Token counts of one response; each sequence counts up to its latest event, so a stream that ends early
+    (the client left) still counts what was generated until then."""
+
     prompt_tokens: int
-    completion_tokens: int = 0
+    per_sequence: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(self.per_sequence.values())
 
     def add(self, event: Event) -> None:
-        if isinstance(event, DoneEvent):
-            self.completion_tokens += event.completion_tokens
+        self.per_sequence[event.index] = max(self.per_sequence.get(event.index, 0), event.completion_tokens)
 
     def openai(self) -> dict[str, int]:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,

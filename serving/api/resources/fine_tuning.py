@@ -6,8 +6,8 @@ from typing import Any
 
 from factory.files import FileStore
 from serving.api.errors import invalid
-from serving.api.schemas import read_json
-from serving.api.schemas.fine_tuning import FineTuningJobRequest
+from serving.api.schemas import parse_query, read_json
+from serving.api.schemas.fine_tuning import FineTuningJobRequest, JobEventsQuery, JobListQuery
 from serving.inference.handle import ModelCatalog
 from serving.jobs import FineTuneJobs, Job, JobEvent
 
@@ -31,7 +31,7 @@ class FineTuningJobs:
         resp.media = job_object(await self.jobs.create(parameters))
 
     async def on_get(self, req, resp):
-        limit = req.get_param_as_int("limit", min_value=1, max_value=100, default=20)
+        limit = parse_query(req, JobListQuery).limit
         jobs, has_more = await self.jobs.list(limit)
         resp.media = {"object": "list", "data": [job_object(job) for job in jobs], "has_more": has_more}
 
@@ -39,7 +39,7 @@ class FineTuningJobs:
         resp.media = job_object(await self.jobs.get(job_id))
 
     async def on_get_events(self, req, resp, job_id: str):
-        limit = req.get_param_as_int("limit", min_value=1, max_value=1000, default=100)
+        limit = parse_query(req, JobEventsQuery).limit
         events = await self.jobs.events(job_id, limit)
         resp.media = {"object": "list", "data": [event_object(event) for event in events],
                       "has_more": len(events) == limit}

@@ -1,5 +1,6 @@
-"""Request bodies per wire API, validated by pydantic; a violation becomes a 400 whose `param` names the field as
-the client wrote it (`messages[0].role`, `stream_options.include_usage`)."""
+"""Request bodies (and query strings) per wire API, validated by pydantic; a violation becomes a 400 whose `param`
+names the field as the client wrote it (`messages[0].role`, `stream_options.include_usage`). Response bodies are
+described in `responses.py`. The OpenAPI document is generated from both (serving/api/openapi.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -36,6 +37,11 @@ def decode_and_parse(model: type[Body], raw: bytes) -> Body:
     return parse(model, body)
 
 
+def parse_query(req, model: type[Body]) -> Body:
+    """The query string's parameters that `model` declares, validated like a body (others are ignored)."""
+    return parse(model, {name: req.params[name] for name in model.model_fields if name in req.params})
+
+
 def parse(model: type[Body], body: Any) -> Body:
     """Validate a request body; the first problem becomes a 400 whose `param` names the field."""
     if not isinstance(body, dict):
@@ -43,13 +49,19 @@ def parse(model: type[Body], body: Any) -> Body:
     try:
         return model.model_validate(body)
     except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
+        error = _most_telling(exc.errors(include_url=False))
         message = error["msg"].removeprefix("Value error, ")
         path = param_path(body, error["loc"])
         field, colon, rest = message.partition(": ")
         if path is None and colon and " " not in field:  # model-level checks phrase themselves as "field: reason"
             raise APIError(400, rest, param=field) from None
         raise APIError(400, f"{path}: {message}" if path else message, param=path) from None
+
+
+def _most_telling(errors: list[dict]) -> dict:
+    """The first error, unless it only says a union member's type is not the one sent (`["a", ""]` for `str |
+    list[str]` is not a string): then the first that says what is wrong with what was sent (an empty stop string)."""
+    return next((e for e in errors if not (e["type"].endswith("_type") or e["type"] == "none_required")), errors[0])
 
 
 def param_path(body: Any, loc: tuple) -> str | None:

@@ -1,25 +1,54 @@
 """OpenAI chat and text completion request bodies, and their translation into the inference layer's
-`GenerateRequest` (one generation path for every wire API)."""
+`GenerateRequest` (one generation path for every wire API).
+
+Every field is bounded by its type, so bad input is a 400 before anything reaches a model, and the OpenAPI document
+(generated from these models) states each bound. Bounds are OpenAI's where it documents one (temperature, top_p,
+penalties, stop, logit_bias values, top_logprobs, logprobs, seed); elsewhere they are this server's: `n` (OpenAI
+allows 128; a request's sequences share one decode batch here) and sizes far beyond any real request (the context
+length and the body limit refuse sooner). What this server does not implement (tools, echo, suffix, best_of > 1,
+structured output) is typed as the one value it accepts, and refused in words.
+"""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, model_validator
 
-from serving.api.errors import invalid
 from serving.api.schemas import Lenient
 from serving.inference.types import GenerateRequest, SamplingParams
+
+MAX_TEXT = 1 << 20  # characters in one message or prompt (the body limit, 8 MiB by default, usually comes first)
+MAX_MESSAGES = 2048
+MAX_NAME = 256  # model ids, participant names
+MAX_STOP = 256  # characters in one stop string (matching holds back up to that much text)
+MAX_TOKENS = 1 << 20  # no model here has a context this long; each model refuses what exceeds its own
+MAX_LOGIT_BIAS = 300  # biased tokens
+
+
+def unsupported(message: str, *, accepts: Callable[[Any], bool]) -> BeforeValidator:
+    """Refuse, with `message`, a value the field's type excludes because this server does not implement it (the
+    type says what is accepted; this says why the rest is not)."""
+    def check(value: Any) -> Any:
+        if not accepts(value):
+            raise ValueError(message)
+        return value
+    return BeforeValidator(check)
+
+
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
 
 
 class TextPart(Lenient):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(Lenient):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
+    content: Text | Annotated[list[TextPart], Field(max_length=MAX_MESSAGES)] | None = None
+    name: Annotated[str, Field(max_length=MAX_NAME)] | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -31,37 +60,41 @@ class StreamOptions(Lenient):
     include_usage: bool = False
 
 
+class ResponseFormat(Lenient):
+    type: Annotated[Literal["text"], unsupported("only {'type': 'text'} is supported by this server",
+                                                 accepts=lambda value: value == "text")] = "text"
+
+
 Temperature = Annotated[float, Field(ge=0, le=2)]
 TopP = Annotated[float, Field(gt=0, le=1)]
 Penalty = Annotated[float, Field(ge=-2, le=2)]
-MaxTokens = Annotated[int, Field(ge=1)]
+MaxTokens = Annotated[int, Field(ge=1, le=MAX_TOKENS)]
+Stop = Annotated[str, Field(min_length=1, max_length=MAX_STOP)]
+TokenId = Annotated[str, Field(pattern=r"^[0-9]{1,10}$")]  # JSON keys are strings; the model checks its vocabulary
+Bias = Annotated[float, Field(ge=-100, le=100)]
 
 
 class GenerationRequest(Lenient):
     """Fields shared by chat and text completions."""
 
-    model: Annotated[str, Field(min_length=1)]
+    model: Annotated[Name, Field(examples=["default"], description="a model id from GET /v1/models; `default` "
+                                                                   "names the server's default model")]
     temperature: Temperature | None = None
     top_p: TopP | None = None
     max_tokens: MaxTokens | None = None
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
-    seed: Annotated[int, Field(ge=-(2**63), lt=2**64)] | None = None  # OpenAI's seeds are 64-bit
+    stop: Stop | Annotated[list[Stop], Field(max_length=4)] | None = None  # OpenAI: up to 4
+    seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None  # 64 bits, signed (OpenAI's) or unsigned
     n: Annotated[int, Field(ge=1, le=8)] = 1
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
-    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    logit_bias: Annotated[dict[TokenId, Bias], Field(max_length=MAX_LOGIT_BIAS)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
 
     def generate_request(self, *, max_tokens: int | None, logprobs: bool, top_logprobs: int,
                          **prompt: Any) -> GenerateRequest:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        if any(s == "" for s in stops):
-            raise invalid("stop sequences must not be empty", param="stop")
-        try:
-            bias = {int(token): value for token, value in (self.logit_bias or {}).items()} or None
-        except ValueError:
-            raise invalid("logit_bias keys must be token ids", param="logit_bias") from None
+        bias = {int(token): value for token, value in (self.logit_bias or {}).items()} or None
         sampling = SamplingParams(max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, stop=stops,
                                   seed=self.seed, logprobs=logprobs, top_logprobs=top_logprobs,
                                   presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
@@ -73,21 +106,24 @@ class GenerationRequest(Lenient):
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
 
+NO_TOOLS = "tool and function calling are not supported by this server"
+Unsupported = Annotated[list[Any], Field(max_length=0)]
+
+
 class ChatCompletionRequest(GenerationRequest):
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"model": "default", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 32}]})
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
     max_completion_tokens: MaxTokens | None = None
     logprobs: bool = False
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    tools: list[Any] | None = None
-    functions: list[Any] | None = None
-    response_format: dict[str, Any] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20, description="requires logprobs: true")] | None = None
+    tools: Annotated[Unsupported | None, unsupported(NO_TOOLS, accepts=lambda value: not value)] = None
+    functions: Annotated[Unsupported | None, unsupported(NO_TOOLS, accepts=lambda value: not value)] = None
+    response_format: ResponseFormat | None = None
 
     @model_validator(mode="after")
     def _supported(self) -> "ChatCompletionRequest":
-        if self.tools or self.functions:
-            raise ValueError("tools: tool and function calling are not supported by this server")
-        if self.response_format and self.response_format.get("type") not in (None, "text"):
-            raise ValueError("response_format: only {'type': 'text'} is supported")
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs: requires logprobs: true")
         return self
@@ -100,25 +136,24 @@ class ChatCompletionRequest(GenerationRequest):
                                         logprobs=self.logprobs, top_logprobs=self.top_logprobs or 0)
 
 
+Prompt = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
+ONE_PROMPT = "send one prompt per request (use n for several completions)"
+
+
 class CompletionRequest(GenerationRequest):
-    prompt: str | Annotated[list[str], Field(min_length=1)]
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"model": "default", "prompt": "Once upon a time", "max_tokens": 16}]})
+
+    prompt: Annotated[Prompt | Annotated[list[Prompt], Field(min_length=1, max_length=1)],
+                      unsupported(ONE_PROMPT, accepts=lambda value: not isinstance(value, list) or len(value) == 1)]
     max_tokens: MaxTokens = 16  # OpenAI's default for /v1/completions
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
-    echo: bool = False
-    suffix: str | None = None
-    best_of: int | None = None
-
-    @model_validator(mode="after")
-    def _supported(self) -> "CompletionRequest":
-        if self.echo:
-            raise ValueError("echo: not supported by this server")
-        if self.suffix:
-            raise ValueError("suffix: insertion (fill-in-the-middle) is not supported by this server")
-        if self.best_of not in (None, 1):
-            raise ValueError("best_of: only 1 is supported")
-        if isinstance(self.prompt, list) and len(self.prompt) != 1:
-            raise ValueError("prompt: send one prompt per request (use n for several completions)")
-        return self
+    echo: Annotated[Literal[False], unsupported("not supported by this server",
+                                                accepts=lambda value: value is not True)] = False
+    suffix: Annotated[Annotated[str, Field(max_length=0)] | None, unsupported(
+        "insertion (fill-in-the-middle) is not supported by this server", accepts=lambda value: not value)] = None
+    best_of: Annotated[Literal[1] | None, unsupported("only 1 is supported",
+                                                      accepts=lambda value: value in (None, 1))] = None
 
     def generate_request(self) -> GenerateRequest:
         prompt = self.prompt[0] if isinstance(self.prompt, list) else self.prompt

@@ -18,7 +18,8 @@ from serving.inference.local.describe import model_info
 from serving.inference.local.engines.base import Engine
 from serving.inference.local.prompts import prompt_tokens
 from serving.inference.local.scheduler import Generation, Scheduler
-from serving.inference.types import (DoneEvent, Event, GenerateRequest, InvalidRequest, ModelInfo, SamplingParams)
+from serving.inference.types import (DoneEvent, EmbedRequest, Embeddings, Event, GenerateRequest, InvalidRequest,
+                                     ModelInfo, SamplingParams)
 
 log = logging.getLogger("factory.serving")
 # Clients may send any integer seed (OpenAI does not bound it); the engines' generators take unsigned 32-bit ones.
@@ -44,15 +45,17 @@ class LocalModel:
     def describe(self) -> ModelInfo:
         return model_info(self.ref, self.version, self.serve, self.version.aliases, loaded=True)
 
-    async def embed(self, texts: list[str]) -> list[list[float]]:
-        raise InvalidRequest(f"{self.ref} is a text-generation model; it does not produce embeddings",
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        raise InvalidRequest(f"{self.ref} is a chat model; it does not produce embeddings (a spec with "
+                             f"`task: embedding` builds an embedding model, also from a decoder LM)",
                              param="model", code="model_not_supported")
 
     async def stream(self, request: GenerateRequest) -> "LocalStream":
+        arrived = time.perf_counter()  # the time to first token counts rendering and tokenizing too
         prompt = await asyncio.to_thread(prompt_tokens, self.engine, request, self.serve.context_length)
         params = self._sampling(request, len(prompt))
         events: asyncio.Queue = asyncio.Queue()
-        generations = self.scheduler.submit(prompt, params, events)
+        generations = self.scheduler.submit(prompt, params, events, arrived)
         return LocalStream(self, generations, events, len(prompt))
 
     def unload(self) -> None:

@@ -3,15 +3,20 @@
 Requests join the running batch between decode steps and leave it when they finish, hit a stop string, or are
 cancelled (a client that disconnects frees its slot at the next step). The queue is bounded: when the batch and
 the waiting line are full, `submit` raises `QueueFull` and the API answers 429.
+
+The thread also keeps the model's metrics (`serving.inference.metrics`): each sequence's time to first token and
+inter-token latency, tokens and steps, and the batch gauges, written when they change.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 
+from serving.inference import metrics
 from serving.inference.local.engines.base import Detokenizer, Engine, StepOutput
 from serving.inference.local.stops import StopMatcher
 from serving.inference.types import DoneEvent, Event, QueueFull, SamplingParams, TokenEvent, TokenLogprob
@@ -30,6 +35,7 @@ class Generation:
     events: asyncio.Queue
     loop: asyncio.AbstractEventLoop
     completion_tokens: int = 0
+    arrived: float = 0.0  # perf_counter() when the request reached its model; then when its last token came
     uid: int | None = None
     cancelled: bool = False
     finished: bool = False
@@ -43,14 +49,16 @@ class Generation:
 class Scheduler:
     def __init__(self, engine: Engine, max_batch: int, queue_size: int, name: str = "model"):
         self.engine = engine
+        self.max_batch = max_batch
         self.capacity = max_batch + queue_size
         self.incoming: deque[Generation] = deque()
         self.cancelled: deque[Generation] = deque()
         self.active: dict[int, Generation] = {}
         self.wake = threading.Event()
         self.stopping = False
-        self.steps = 0  # decode steps taken, and tokens generated: for /metrics
+        self.steps = 0  # decode steps taken, and tokens generated
         self.tokens = 0
+        self.metrics = SchedulerMetrics(name, max_batch)
         self.thread = threading.Thread(target=self._run, name=f"engine:{name}", daemon=True)
         self.thread.start()
 
@@ -58,13 +66,26 @@ class Scheduler:
     def load(self) -> int:
         return len(self.active) + len(self.incoming)
 
-    def submit(self, prompt: list[int], params: list[SamplingParams], events: asyncio.Queue) -> list[Generation]:
+    @property
+    def decoding(self) -> int:
+        """Sequences in the decode batch (the engine holds those beyond `max_batch` back until a place frees)."""
+        return min(len(self.active), self.max_batch)
+
+    @property
+    def waiting(self) -> int:
+        """Sequences submitted that have no place in the decode batch yet."""
+        return len(self.incoming) + max(0, len(self.active) - self.max_batch)
+
+    def submit(self, prompt: list[int], params: list[SamplingParams], events: asyncio.Queue,
+               arrived: float | None = None) -> list[Generation]:
         """Queue one sequence per parameter set, all or none (called on the event loop); raises QueueFull when the
-        model has no room for all of them."""
+        model has no room for all of them. `arrived` (perf_counter) starts the time to first token: by default,
+        now."""
         if self.load + len(params) > self.capacity:
             raise QueueFull()
         loop = asyncio.get_running_loop()
-        generations = [Generation(index=index, prompt=prompt, params=p, events=events, loop=loop,
+        arrived = time.perf_counter() if arrived is None else arrived
+        generations = [Generation(index=index, prompt=prompt, params=p, events=events, loop=loop, arrived=arrived,
                                   detokenizer=self.engine.detokenizer(), stops=StopMatcher(p.stop))
                        for index, p in enumerate(params)]
         self.incoming.extend(generations)
@@ -86,6 +107,7 @@ class Scheduler:
 
     def _run(self) -> None:
         while not self.stopping:
+            self.metrics.batch(self.decoding, self.waiting)
             if not self.active and not self.incoming:
                 self.wake.wait(timeout=1.0)
                 self.wake.clear()
@@ -107,6 +129,7 @@ class Scheduler:
                 self.active.clear()
         for generation in [*self.active.values(), *self.incoming]:
             self._finish(generation, "error", error="the model was unloaded")
+        self.metrics.stopped()
 
     def _admit_and_cancel(self) -> None:
         while self.cancelled:
@@ -128,6 +151,7 @@ class Scheduler:
             self.active[generation.uid] = generation
 
     def _deliver(self, outputs: list[StepOutput]) -> None:
+        now, produced = time.perf_counter(), 0
         for output in outputs:
             generation = self.active.get(output.uid)
             if generation is None:
@@ -136,15 +160,20 @@ class Scheduler:
                 self._finish(generation, "stop")
                 continue
             generation.completion_tokens += 1
-            self.tokens += 1
+            produced += 1
+            self.metrics.token(generation.completion_tokens == 1, now - generation.arrived)
+            generation.arrived = now
             text, hit_stop = generation.stops.feed(generation.detokenizer.add_token(output.token))
             if text or output.logprob is not None:
-                generation.emit(TokenEvent(index=generation.index, text=text, logprob=self._logprob(output)))
+                generation.emit(TokenEvent(index=generation.index, text=text, logprob=self._logprob(output),
+                                           completion_tokens=generation.completion_tokens))
             if hit_stop:
                 self.engine.remove([output.uid])
                 self._finish(generation, "stop", flush=False)
             elif output.finish_reason == "length":
                 self._finish(generation, "length")
+        self.tokens += produced
+        self.metrics.step(produced)
 
     def _finish(self, generation: Generation, reason: str, error: str | None = None, flush: bool = True) -> None:
         if generation.finished:
@@ -155,7 +184,8 @@ class Scheduler:
             tail, hit = generation.stops.feed(generation.detokenizer.finalize())
             tail += "" if hit else generation.stops.flush()
             if tail:
-                generation.emit(TokenEvent(index=generation.index, text=tail))
+                generation.emit(TokenEvent(index=generation.index, text=tail,
+                                           completion_tokens=generation.completion_tokens))
         generation.emit(DoneEvent(index=generation.index, finish_reason=reason,
                                   completion_tokens=generation.completion_tokens, error=error))
 
@@ -165,3 +195,37 @@ class Scheduler:
         text = self.engine.token_text
         return TokenLogprob(token=text(output.token), logprob=output.logprob,
                             top=[(text(token), value) for token, value in output.top_logprobs or []])
+
+
+class SchedulerMetrics:
+    """One model's metrics as its scheduler thread writes them: label lookups done once, gauges written only when
+    they change (under gunicorn every write goes to a shared file). Gauges move by differences, so a scheduler still
+    stopping beside a new one for the same version (unloaded, then loaded again) leaves them right."""
+
+    def __init__(self, ref: str, max_batch: int):
+        self.first_token = metrics.time_to_first_token.labels(ref)
+        self.between_tokens = metrics.inter_token_latency.labels(ref)
+        self.tokens, self.steps = metrics.generated_tokens.labels(ref), metrics.decode_steps.labels(ref)
+        self.active, self.queued = metrics.sequences_active.labels(ref), metrics.sequences_queued.labels(ref)
+        self.slots, self.max_batch = metrics.batch_slots.labels(ref), max_batch
+        self.slots.inc(max_batch)
+        self.published = (0, 0)
+
+    def token(self, first: bool, seconds: float) -> None:
+        (self.first_token if first else self.between_tokens).observe(seconds)
+
+    def step(self, tokens: int) -> None:
+        self.steps.inc()
+        if tokens:
+            self.tokens.inc(tokens)
+
+    def batch(self, active: int, queued: int) -> None:
+        (was_active, was_queued), self.published = self.published, (active, queued)
+        if active != was_active:
+            self.active.inc(active - was_active)
+        if queued != was_queued:
+            self.queued.inc(queued - was_queued)
+
+    def stopped(self) -> None:
+        self.batch(0, 0)
+        self.slots.dec(self.max_batch)

@@ -13,12 +13,20 @@ import openai
 import pytest
 
 from serving.app import create_app
+from tests.fixtures.redis_server import redis_server
 from tests.fixtures.scripted_engine import scripted_pool
 
 
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    """A real redis-server for the Redis rate-limit store, one per test module."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
 
 
 @pytest.fixture

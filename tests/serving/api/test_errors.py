@@ -29,10 +29,10 @@ def error_of(response) -> dict:
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
-    ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content"),
-    ({"stop": ["a", ""]}, "stop"),
+    ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content[0].text"),
+    ({"stop": ["a", ""]}, "stop[1]"),  # the list's own error, not "not a string"
     ({"stop": 5}, "stop"),
-    ({"logit_bias": {"x": 1}}, "logit_bias"),
+    ({"logit_bias": {"x": 1}}, "logit_bias.x"),
     ({"model": ""}, "model"),
     # the defect: a bad `stream` reported param None; a bad include_usage reported `include_usage`
     ({"stream": "yes please"}, "stream"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.fixtures.metrics_text import parse, value
 from tests.fixtures.scripted_engine import REPLY
 from tests.serving.api.conftest import sse_frames
 
@@ -86,9 +87,13 @@ async def test_health_ready_and_metrics(api, sdk):
     assert (await api.get("/health")).json() == {"status": "ok"}
     ready = (await api.get("/ready")).json()
     assert ready == {"status": "ready", "default_model": "default", "version": "tiny@1"}
+
+    def generated(text: str) -> float:  # metrics are process-wide: count this test's tokens only
+        return value(parse(text), "factory_generated_tokens_total", model="tiny@1")
+
+    before = generated((await api.get("/metrics")).text)
     await sdk.chat.completions.create(model="tiny", messages=HI, max_tokens=4)
-    metrics = (await api.get("/metrics")).text
-    assert 'factory_generated_tokens_total{model="tiny@1"} 4.0' in metrics
+    assert generated((await api.get("/metrics")).text) - before == 4
 
 
 async def test_the_configured_default_model_wins_over_spec_aliases(tmp_path):
@@ -102,3 +107,30 @@ async def test_the_configured_default_model_wins_over_spec_aliases(tmp_path):
         assert (await pool.probe()).ref == "other@1"
     finally:
         await pool.stop()
+
+
+async def test_a_sequence_left_early_still_counts_the_tokens_it_generated(pool_and_registry):
+    """Each token event carries the sequence's count so far, so usage (what token limits and metrics are charged)
+    counts a stream the client leaves before its end, up to the last event it got."""
+    from serving.api.render.openai import Usage
+    from serving.inference.types import GenerateRequest, SamplingParams, TokenEvent
+
+    pool, *_ = pool_and_registry
+    await pool.start()
+    try:
+        async with pool.lease("tiny") as handle:
+            events = await handle.stream(GenerateRequest(messages=[{"role": "user", "content": "hi"}], n=2,
+                                                         sampling=SamplingParams(max_tokens=20)))
+            usage, seen = Usage(events.prompt_tokens), []
+            async for event in events.events():
+                usage.add(event)
+                seen.append(event)
+                if len(seen) == 5:
+                    break  # the client leaves
+            await events.aclose()
+    finally:
+        await pool.stop()
+    tokens = [(e.index, e.completion_tokens) for e in seen if isinstance(e, TokenEvent)]
+    assert len(tokens) == 5
+    assert usage.completion_tokens == sum(max(c for i, c in tokens if i == index) for index in {i for i, _ in tokens})
+    assert 0 < usage.completion_tokens < 40

@@ -84,10 +84,12 @@ async def test_huge_collections_are_refused_before_tokenizing(api, pool_and_regi
     await api.post(CHAT, json={"model": "tiny", "messages": HI, "max_tokens": 1})
     engine = pool.loaded["tiny@1"].engine
     seen = len(engine.prompts)
-    error = shaped(await api.post(CHAT, json={"model": "tiny", "messages": HI * 20_000}), 400)
+    error = shaped(await api.post(CHAT, json={"model": "tiny", "messages": HI * 2_000}), 400)
     assert error["code"] == "context_length_exceeded" and error["param"] == "messages"
+    error = shaped(await api.post(CHAT, json={"model": "tiny", "messages": HI * 20_000}), 400)
+    assert error["param"] == "messages" and "at most 2048" in error["message"]  # the schema's bound, sooner still
     error = shaped(await api.post(CHAT, json={"model": "tiny", "messages": [
-        {"role": "user", "content": "x" * 3_000_000}]}), 400)
+        {"role": "user", "content": "x" * 1_000_000}]}), 400)
     assert error["code"] == "context_length_exceeded"
     assert len(engine.prompts) == seen and engine.encoded_characters < 10_000  # nothing was tokenized
 
