@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from formats.gguf.export import FILE_TYPES, QTYPES, GgufExportError, _add_tensor, load_hf_tensors
+from formats.gguf.export import FILE_TYPES, QTYPES, GgufExportError, add_tensor, load_hf_tensors, write_out
 
 TYPES = ("f16", "q8_0")
 POOLING = {"mean": 1, "cls": 2, "last": 3}  # llama_pooling_type: MEAN, CLS, LAST
@@ -64,12 +64,8 @@ def export_bert_gguf(source: Path, out_file: Path, qtype: str, pooling: str) -> 
         if gguf_name in KEEP_F32:
             writer.add_tensor(gguf_name, data.astype(np.float32))
         else:
-            _add_tensor(writer, gguf_name, data, target)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return out_file
+            add_tensor(writer, gguf_name, data, target)
+    return write_out(writer, out_file)
 
 
 def phantom_space(token: str, control: bool) -> str:

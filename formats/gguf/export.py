@@ -178,14 +178,10 @@ def export_gguf(source: Path, out_file: Path, qtype: str) -> Path:
             data = permute_for_gguf(data, heads)
         elif model_type == "llama" and hf_name.endswith("k_proj.weight"):
             data = permute_for_gguf(data, kv_heads)
-        _add_tensor(writer, names[hf_name], data, target)
+        add_tensor(writer, names[hf_name], data, target)
     if freqs is not None:
         writer.add_tensor(ROPE_FREQS, freqs)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return out_file
+    return write_out(writer, out_file)
 
 
 def _quantize_with_llama_cpp(source: Path, out_file: Path) -> Path:
@@ -208,7 +204,16 @@ def _quantize_with_llama_cpp(source: Path, out_file: Path) -> Path:
     return out_file
 
 
-def _add_tensor(writer, name: str, data: np.ndarray, target) -> None:
+def write_out(writer, out_file: Path) -> Path:
+    """Header, metadata, then tensors: the order a GGUF file is written in."""
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out_file
+
+
+def add_tensor(writer, name: str, data: np.ndarray, target) -> None:
     import gguf
 
     if data.ndim == 1:
