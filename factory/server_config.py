@@ -13,13 +13,16 @@ FACTORY_ROOT and FACTORY_REGISTRY. `load_server_config` returns the effective va
 from __future__ import annotations
 
 import difflib
+import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from factory.settings import Settings
 from factory.yaml_models import LocatedError, field_path, json_schema_of, located_message, message, read_model
@@ -79,6 +82,61 @@ class LogsConfig(Strict):
     keep: int = Field(5, ge=1, le=100, description="rotated files kept")
 
 
+class ProviderConfig(Strict):
+    """An upstream that speaks the OpenAI API (Ollama, llama-server, vLLM, OpenAI, another factory server): its
+    models are served as `NAME/MODEL`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+                      description="the prefix of its model ids (`ollama` -> `ollama/llama3.2`)")
+    base_urls: list[str] = Field(min_length=1, max_length=16,
+                                 description="replicas of one upstream, each the base of its OpenAI API "
+                                             "(http://127.0.0.1:11434/v1); requests fail over between them")
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                    description="the environment variable holding its API key (never the key "
+                                                "itself); unset or empty: the provider is NOT_CONFIGURED")
+    models: list[str] = Field([], description="the upstream's model ids to serve")
+    discover: bool = Field(False, description="serve every model the upstream's /models lists (re-read at each "
+                                              "health check), besides `models`")
+    timeout_s: float = Field(60, gt=0, description="longest wait for the upstream's next byte")
+    max_concurrency: int = Field(16, ge=1, le=4096, description="requests in flight to it per worker; then 429")
+    check_interval_s: float = Field(10, gt=0, description="how often each replica's health is checked")
+    retries: int = Field(2, ge=0, le=10, description="further attempts after a connection error or a 5xx before "
+                                                      "the first byte (never once a stream has begun)")
+    backoff_s: float = Field(0.2, ge=0, le=30, description="wait before a retry; doubles each time")
+
+    @field_validator("base_urls")
+    @classmethod
+    def _plain_http_urls(cls, urls: list[str]) -> list[str]:
+        cleaned = []
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{url!r}: a base URL is http(s)://host[:port]/path")
+            if parts.username or parts.password:  # a secret in a URL would reach logs and --print-config
+                raise ValueError(f"{_masked(url)!r}: no credentials in URLs; name a variable in api_key_env")
+            if parts.query or parts.fragment:
+                raise ValueError(f"{url!r}: no query or fragment")
+            cleaned.append(url.rstrip("/"))
+        if len(set(cleaned)) != len(cleaned):
+            raise ValueError("the same base URL twice")
+        return cleaned
+
+    @model_validator(mode="after")
+    def _some_models(self) -> "ProviderConfig":
+        if not self.models and not self.discover:
+            raise ValueError("list its models, or set discover: true")
+        return self
+
+
+class CacheConfig(Strict):
+    """Identical deterministic requests (temperature 0, or a seed) answered from memory, per worker."""
+
+    enabled: bool = Field(False, description="off by default: a cache changes what repeated requests cost")
+    ttl_s: float = Field(600, gt=0, description="an answer is reused this long")
+    max_entries: int = Field(1024, ge=1, description="least recently used answers go beyond this")
+    max_mb: float = Field(64, gt=0, description="cached text and overhead per worker, estimated")
+
+
 class ServerConfig(Strict):
     """How the OpenAI-compatible server runs."""
 
@@ -93,6 +151,17 @@ class ServerConfig(Strict):
     limits: LimitsConfig = LimitsConfig()
     cors: CorsConfig = CorsConfig()
     logs: LogsConfig = LogsConfig()
+    providers: list[ProviderConfig] = Field([], description="OpenAI-compatible upstreams served beside the local "
+                                                             "models (FACTORY_SERVE_PROVIDERS: a JSON list)")
+    cache: CacheConfig = CacheConfig()
+
+    @field_validator("providers")
+    @classmethod
+    def _unique_names(cls, providers: list[ProviderConfig]) -> list[ProviderConfig]:
+        names = [provider.name for provider in providers]
+        if twice := sorted({name for name in names if names.count(name) > 1}):
+            raise ValueError(f"provider names must be unique: {', '.join(twice)}")
+        return providers
 
     @property
     def registry_root(self) -> Path:
@@ -210,6 +279,11 @@ def _from_file(name: str, value: Any, path: Path) -> Any:
 
 
 def _from_env(name: str, text: str) -> Any:
+    if name == "providers":  # a list of mappings: JSON (or YAML flow style) in one variable
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            return f"unparseable: {str(exc).splitlines()[0]}"  # validation then names the variable
     if _annotation(name) == list[str]:
         return [item.strip() for item in text.split(",") if item.strip()]
     if _is_path(name):
@@ -246,8 +320,15 @@ def _set(data: dict, name: str, value: Any) -> None:
 
 
 def _shown(name: str, value: Any) -> str:
-    """A value as printed; a password in a URL (a Redis URL may carry one) is never shown."""
-    if isinstance(value, str) and "://" in value and urlsplit(value).password:
-        parts = urlsplit(value)
-        value = value.replace(f":{parts.password}@", ":***@", 1)
+    """A value as printed; a password in a URL (a Redis URL may carry one) is never shown. Providers name the
+    variable that holds their key, never the key."""
+    if isinstance(value, str):
+        value = _masked(value)
+    if isinstance(value, list) and any(isinstance(item, dict) for item in value):
+        return "; ".join(_masked(json.dumps(item, separators=(",", ":"))) for item in value) or "-"
     return "-" if value is None else ", ".join(value) if isinstance(value, list) else str(value)
+
+
+def _masked(text: str) -> str:
+    """`text` with the password of every URL in it replaced by ***."""
+    return re.sub(r"(://[^/\s:@]*:)[^/\s@]+@", r"\1***@", text)
