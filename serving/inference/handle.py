@@ -1,20 +1,27 @@
-"""The narrow contracts the API layer talks to: a `ModelHandle` (one servable model, local or remote) and the
-`ModelCatalog` that resolves ids to handles. The API layer imports these protocols and `types`, nothing else.
+"""The narrow contracts the API layer talks to: a `ModelHandle` (one servable model, local or remote), the
+`ModelCatalog` that resolves ids to handles, and the `StreamCache` that may answer a request from memory. The API
+layer imports these protocols and `types`, nothing else.
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
-from serving.inference.types import EmbedRequest, Embeddings, Event, GenerateRequest, ModelInfo, ModelStats
+from serving.inference.types import (EmbedRequest, Embeddings, Event, GenerateRequest, ModelInfo, ModelStats,
+                                     ProviderStatus)
+
+# Told of every provider state change: the provider's new status and the state it left.
+ProviderListener = Callable[[ProviderStatus, str], None]
 
 
 class EventStream(Protocol):
     """A started generation: events of all its sequences, tagged by index, in the order they happen."""
 
     ref: str  # the version generating (a stream begun before a hot swap stays on its version)
-    prompt_tokens: int
+    prompt_tokens: int  # final once the events end (a remote upstream tells it only in its last chunk)
+    # "hit" or "miss" when a StreamCache considered the request (only deterministic ones), else absent or None
+    cache: str | None
 
     def events(self, heartbeat_s: float | None = None) -> AsyncIterator[Event | None]:
         """Every event until each sequence is done; with `heartbeat_s`, None whenever that long passes quietly."""
@@ -56,8 +63,21 @@ class ModelCatalog(Protocol):
     def stats(self) -> list[ModelStats]:
         ...
 
+    def providers(self) -> list[ProviderStatus]:
+        """Every configured upstream provider's health (none: local models only)."""
+
+    def subscribe_providers(self, listener: ProviderListener) -> None:
+        """Call `listener` on every provider state change (for a live event stream)."""
+
     async def start(self) -> None:
         ...
 
     async def stop(self) -> None:
         ...
+
+
+class StreamCache(Protocol):
+    """Answers identical deterministic requests from memory (serving/inference/cache.py)."""
+
+    async def stream(self, handle: ModelHandle, request: GenerateRequest, scope: str = "") -> EventStream:
+        """`handle.stream(request)`, or a replay of its earlier answer; `scope` keeps callers' entries apart."""
