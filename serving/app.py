@@ -1,6 +1,7 @@
 """The Falcon ASGI application, assembled explicitly from its parts: the model catalog (local models from the
-registry unless a test hands in its own), the fine-tune job backend (Prefect unless handed in), media handlers,
-middleware, routes, and the error shape. Wiring only."""
+registry unless a test hands in its own, beside the config's upstream providers), the response cache when the config
+enables it, the fine-tune job backend (Prefect unless handed in), media handlers, middleware, routes, and the error
+shape. Wiring only."""
 from __future__ import annotations
 
 import falcon
@@ -25,15 +26,20 @@ from serving.api.resources.generation import GenerationEndpoint
 from serving.api.resources.health import Health, Ready
 from serving.api.resources.metrics import Metrics
 from serving.api.resources.models import Models
+from serving.api.resources.providers import Providers
 from serving.api.resources.openapi import SWAGGER_UI, DocsPage, OpenAPIDocument
 from serving.api.schemas.openai import ChatCompletionRequest, CompletionRequest
 from serving.api.transport import GuardedTransport
+from serving.inference.cache import ResponseCache
+from serving.inference.catalog import Catalog
 from serving.inference.handle import ModelCatalog
+from serving.inference.providers import ProviderSet
 from serving.jobs import FineTuneJobs
 
 
-# What a web page may read of a response: its request id, why to wait, and how much of its key's limits are left.
-EXPOSED_HEADERS = ["X-Request-Id", "Retry-After"] + [
+# What a web page may read of a response: its request id, why to wait, whether it came from the cache, and how much
+# of its key's limits are left.
+EXPOSED_HEADERS = ["X-Request-Id", "Retry-After", "x-cache"] + [
     f"x-ratelimit-{what}-{unit}" for what in ("limit", "remaining", "reset") for unit in ("requests", "tokens")]
 
 
@@ -45,6 +51,9 @@ def create_app(config: ServerConfig | None = None, *, models: ModelCatalog | Non
         from serving.inference.pool import ModelPool
 
         models = ModelPool(Registry(config.registry_root), config.models)
+    if not isinstance(models, Catalog):  # a test may hand in a Catalog of its own (providers over in-process apps)
+        models = Catalog(models, ProviderSet(config.providers))
+    cache = ResponseCache(config.cache) if config.cache.enabled else None
     if jobs is None:
         from serving.jobs.prefect import PrefectJobs
 
@@ -65,10 +74,13 @@ def create_app(config: ServerConfig | None = None, *, models: ModelCatalog | Non
     listing = Models(models)
     app.add_route("/v1/models", listing)
     app.add_route("/v1/models/{model_id}", listing, suffix="one")
-    chat = GenerationEndpoint(models, ChatCompletionRequest, ChatRenderer)
+    # a provider's model: Falcon wants the same field name at the same level, so the provider's name is `model_id` here
+    app.add_route("/v1/models/{model_id}/{model:path}", listing, suffix="provided")
+    app.add_route("/v1/providers", Providers(models))
+    chat = GenerationEndpoint(models, ChatCompletionRequest, ChatRenderer, cache)
     app.add_route("/v1/chat/completions", chat)
     app.add_route("/chat", chat)  # the path the product's first plan named
-    app.add_route("/v1/completions", GenerationEndpoint(models, CompletionRequest, CompletionRenderer))
+    app.add_route("/v1/completions", GenerationEndpoint(models, CompletionRequest, CompletionRenderer, cache))
     app.add_route("/v1/embeddings", EmbeddingsEndpoint(models))
     app.add_route("/v1/rerank", RerankEndpoint(models))
     app.add_route("/health", Health())

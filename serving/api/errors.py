@@ -80,7 +80,9 @@ def _as_api_error(exc: Exception) -> APIError:
         case QueueFull():
             return APIError(429, str(exc), code="queue_full", headers={"Retry-After": str(exc.retry_after_s)})
         case Unavailable() | JobsUnavailable():
-            return APIError(503, str(exc), type_="server_error", code=getattr(exc, "code", None))
+            retry = getattr(exc, "retry_after_s", None)  # an unhealthy provider: its next health check
+            return APIError(503, str(exc), type_="server_error", code=getattr(exc, "code", None),
+                            headers={"Retry-After": str(retry)} if retry else None)
         case GenerationFailed():
             return APIError(500, f"generation failed: {exc}", type_="server_error")
         case JobNotFound():

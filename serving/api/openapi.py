@@ -27,7 +27,7 @@ from serving.api.schemas.openai import ChatCompletionRequest, CompletionRequest
 from serving.api.schemas.responses import (ChatCompletion, ChatCompletionEvent, Completion, CompletionEvent,
                                            ErrorBody, File, FileDeleted, FileList, FileUpload, FineTuningJob,
                                            FineTuningJobEventList, FineTuningJobList, Health, Model, ModelList,
-                                           NotReady, Ready)
+                                           NotReady, ProviderList, Ready)
 
 REF = "#/components/schemas/{model}"
 SECURITY = [{"bearer": []}, {"apiKey": []}]
@@ -45,8 +45,8 @@ STATUS = {
     408: "The request body did not arrive in time",
     413: "The request body is too large",
     429: "Rate limited (the key's limits) or busy (the model's queue is full); see Retry-After",
-    503: "Not available now: the fine-tuning backend or the rate-limit store cannot be reached, or nothing "
-         "can be served yet",
+    503: "Not available now: the fine-tuning backend, the rate-limit store or the model's provider cannot be "
+         "reached (see Retry-After), or nothing can be served yet",
 }
 PATH_PARAMETER = TypeAdapter(Annotated[str, Field(min_length=1)]).json_schema()
 
@@ -78,6 +78,14 @@ FIRST_PLAN = "The path the product's first plan named; the same as {}."
 OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/v1/models"): Operation("List models", "models", ok=ModelList),
     ("GET", "/v1/models/{model_id}"): Operation("Retrieve a model", "models", ok=Model, errors=(404,)),
+    ("GET", "/v1/models/{model_id}/{model}"): Operation("Retrieve a provider's model", "models", ok=Model,
+                                                        errors=(404,), description="`provider/model`: a model of "
+                                                        "an upstream provider, `model_id` being the provider's name "
+                                                        "(`model` may hold slashes too)."),
+    ("GET", "/v1/providers"): Operation("List upstream providers and their health", "models", ok=ProviderList,
+                                        description="The OpenAI-compatible upstreams of the server config, as "
+                                                    "this worker last checked them; their models are listed by "
+                                                    "/v1/models as `provider/model`."),
     ("POST", "/v1/chat/completions"): CHAT,
     ("POST", "/chat"): replace(CHAT, description=FIRST_PLAN.format("POST /v1/chat/completions")),
     ("POST", "/v1/completions"): Operation("Create a text completion", "completions", ok=Completion,
@@ -119,9 +127,10 @@ SELF = frozenset({"/openapi.json", "/docs", "/docs/openapi-3.0.json"})
 
 
 def routes(app) -> list[tuple[str, str]]:
-    """(method, path template) of every responder the app has, Falcon's own (OPTIONS, 405) aside."""
-    return [(method.method, route.path) for route in falcon.inspect.inspect_routes(app)
-            for method in route.methods if not method.internal]
+    """(method, path template) of every responder the app has, Falcon's own (OPTIONS, 405) aside; a field's
+    converter (`{model:path}`) is Falcon's business, not the document's."""
+    return [(method.method, re.sub(r"{(\w+):[^}]*}", r"{\1}", route.path))
+            for route in falcon.inspect.inspect_routes(app) for method in route.methods if not method.internal]
 
 
 def undescribed(app) -> list[tuple[str, str]]:

@@ -35,10 +35,12 @@ async def sse_events(stream: EventStream, renderer: Renderer, n: int, close: Cal
                 return
             usage.add(event)
             yield SSEvent(json=renderer.chunk(event))
+        usage.prompt_tokens = stream.prompt_tokens  # a remote upstream tells it only at the end
         if (closing := renderer.usage_chunk(usage)) is not None:
             yield SSEvent(json=closing)
         yield SSEvent(data=b"[DONE]")
     finally:
         await close()
+        usage.prompt_tokens = stream.prompt_tokens
         if on_usage is not None:
             await on_usage(usage)

@@ -19,6 +19,9 @@ class FineTuningJobs:
     async def on_post(self, req, resp):
         request: FineTuningJobRequest = await read_json(req, FineTuningJobRequest)
         base = await self.models.describe(request.model)
+        if base.engine == "remote":  # a provider's model: its weights are not ours to train
+            raise invalid(f"{request.model} is served by a provider; only registry models can be fine-tuned",
+                          param="model", code="model_not_supported")
         parameters: dict[str, Any] = {
             "base": base.ref, "training_file": self._file_path(request.training_file, "training_file"),
             "validation_file": (self._file_path(request.validation_file, "validation_file")

@@ -1,4 +1,5 @@
-"""GET /v1/models and /v1/models/{id}: every servable id with its metadata, in OpenAI's model shape."""
+"""GET /v1/models and /v1/models/{id}: every servable id with its metadata, in OpenAI's model shape. A provider's
+model id holds a slash (`ollama/llama3.2`, even `ollama/hf.co/org/model`), so it has a route of its own."""
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -18,6 +19,9 @@ class Models:
 
     async def on_get_one(self, req, resp, model_id: str):
         resp.media = model_object(await self.models.describe(model_id))
+
+    async def on_get_provided(self, req, resp, model_id: str, model: str):
+        resp.media = model_object(await self.models.describe(f"{model_id}/{model}"))  # model_id: the provider
 
 
 def model_object(info: ModelInfo) -> dict[str, Any]:
