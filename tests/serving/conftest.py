@@ -62,10 +62,12 @@ def tiny_mlx_v2(tmp_path_factory) -> Path:
 
 
 def start_server(root: Path, artifact: Path, format_key: str = "mlx-float16", serve: dict | None = None,
-                 **env: str) -> Server:
+                 port: int | None = None, **env: str) -> Server:
+    """`port`: a given one (a server restarted where it was), else a free one."""
     registry = Registry(root / "registry")
-    registry.publish("tiny", {format_key: artifact}, serve=serve or SERVE)
-    port = free_port()
+    if not registry.list():  # a restart serves what its registry holds
+        registry.publish("tiny", {format_key: artifact}, serve=serve or SERVE)
+    port = port or free_port()
     log = root / "server.log"
     environment = {**os.environ, "FACTORY_ROOT": str(root), "FACTORY_REGISTRY": str(registry.root),
                    "FACTORY_SERVE_PORT": str(port), "FACTORY_SERVE_MODELS_POLL_S": "0.2", **env}
