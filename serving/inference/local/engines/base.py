@@ -19,6 +19,23 @@ class StepOutput:
     finish_reason: str | None  # "stop" (an end-of-sequence token) or "length"; None while generating
     logprob: float | None = None
     top_logprobs: list[tuple[int, float]] | None = None
+    # On a sequence's first output: how many of its prompt tokens came from the prefix cache (KV state reused)
+    cached_tokens: int | None = None
+    # On the first output of a step that verified draft tokens: the proposer ("ngram" or "draft"), how many tokens
+    # it proposed and how many the model accepted (the acceptance rate is accepted / drafted)
+    speculation: str | None = None
+    drafted: int = 0
+    accepted: int = 0
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """What a spec's `serve` section asks of an engine beyond the model itself (engines ignore what they lack)."""
+
+    prefix_cache: bool = True  # keep finished sequences' KV state and reuse it for prompts that share a prefix
+    draft: Path | None = None  # a draft model's artifact (same vocabulary) for speculative decoding
+    prompt_lookup: bool = False  # speculative decoding from n-grams of the sequence itself (no draft model)
+    draft_tokens: int = 8  # most tokens proposed per sequence and step
 
 
 class Detokenizer(ABC):
@@ -39,7 +56,8 @@ class Engine(ABC):
 
     @classmethod
     @abstractmethod
-    def load(cls, path: Path, max_batch: int, context_length: int) -> "Engine":
+    def load(cls, path: Path, max_batch: int, context_length: int,
+             options: EngineOptions = EngineOptions()) -> "Engine":
         ...
 
     @abstractmethod
@@ -81,7 +99,8 @@ class Engine(ABC):
 
     @abstractmethod
     def step(self) -> list[StepOutput]:
-        """One decode step for every sequence in the batch (prompt processing happens inside)."""
+        """One decode step for every sequence in the batch (prompt processing happens inside). A sequence may
+        yield several tokens in one step when speculative decoding accepted drafted ones."""
 
     @abstractmethod
     def remove(self, uids: list[int]) -> None:

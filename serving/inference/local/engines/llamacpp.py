@@ -1,16 +1,20 @@
 """The llama.cpp engine (llama-cpp-python's low-level API) for GGUF artifacts: the fast path on x86 CPUs.
 
-Continuous batching as llama-server does it: one context with one KV-cache sequence per active request
+Continuous batching as llama-server does it: one context with one KV-cache sequence ("slot") per active request
 (`n_seq_max`, unified cache); each step decodes one batch holding the next token of every generating sequence and
-the (chunked) prompts of sequences joining, then samples each sequence from its own logits. Sampling is done here
-in numpy so temperature, top-p, seed, penalties, logit bias and logprobs mean the same as on the MLX engine.
+the (chunked) prompts of sequences joining, then samples each sequence from its own logits (`sampling.py`, numpy, so
+parameters mean the same as on the MLX engine).
+
+Prefix cache: a slot's cells outlive its request, and a new prompt starts from the longest prefix any slot holds
+(`kv_slots.py`); what it reused is reported as `cached_tokens`. Speculative decoding (`drafting.py`): a generating
+sequence may also put drafted tokens in the batch, one logits row each; the rows are checked in order and every
+accepted draft is a token gained, the first mismatch is replaced by the model's own token, and the rejected drafts'
+cells are removed.
 """
 from __future__ import annotations
 
 import codecs
 import ctypes
-import os
-from collections import deque
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -18,10 +22,16 @@ from pathlib import Path
 import numpy as np
 
 from formats.gguf.files import gguf_file
-from serving.inference.local.engines.base import Detokenizer, Engine, StepOutput
+from serving.inference.local.engines.base import Detokenizer, Engine, EngineOptions, StepOutput
+from serving.inference.local.engines.drafting import DraftModel, NgramProposer
+from serving.inference.local.engines.kv_slots import LlamaMemory, SlotCache, new_context
+from serving.inference.local.engines.sampling import adjusted, choose, logprobs
 from serving.inference.types import SamplingParams
 
-PREFILL_CHUNK = 512  # tokens per decode call (llama.cpp's n_batch)
+PREFILL_CHUNK = 512  # prompt tokens per decode call (llama.cpp's n_ubatch)
+# Drafted rows per step, shared by the generating sequences: a batch of a few rows costs about one row on a CPU
+# that is bound by reading the weights, but at 8+ streams the batch is already wide and drafts would only add work.
+SPECULATIVE_ROWS = 16
 
 
 def _quiet_llama_cpp() -> None:
@@ -54,13 +64,22 @@ class Utf8Detokenizer(Detokenizer):
 @dataclass
 class Sequence:
     uid: int
-    slot: int
-    pending: list[int]  # prompt tokens not yet decoded
+    prompt: list[int]
     params: SamplingParams
     rng: np.random.Generator
-    position: int = 0
+    slot: int = -1
+    pending: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
+    position: int = 0  # the next position to write in its slot
     generated: list[int] = field(default_factory=list)
-    batch_index: int = -1  # where this sequence's logits are in the current batch (-1: none this step)
+    cached: int | None = None  # prompt tokens reused from the prefix cache; None once reported
+    drafts: list[int] = field(default_factory=list)  # drafted tokens in this step's batch
+    method: str | None = None  # who drafted them
+    budget: int = 0  # most drafts next step: grows while drafts are accepted, shrinks when rejected
+    batch_index: int = -1  # where this sequence's first logits row is in the current batch (-1: none this step)
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.prompt + self.generated
 
 
 class LlamaCppEngine(Engine):
@@ -69,23 +88,20 @@ class LlamaCppEngine(Engine):
     supports_penalties = True
     supports_logprobs = True
 
-    def __init__(self, path: Path, max_batch: int, context_length: int):
+    def __init__(self, path: Path, max_batch: int, context_length: int, options: EngineOptions = EngineOptions()):
         from llama_cpp import _internals
         from llama_cpp import llama_cpp as lc
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         _quiet_llama_cpp()
-        self.lc = lc
+        self.lc, self.options = lc, options
         self.model = _internals.LlamaModel(path_model=str(path), params=lc.llama_model_default_params(),
                                            verbose=False)
-        params = lc.llama_context_default_params()
-        params.n_seq_max = max_batch
-        params.kv_unified = True  # sequences share one cache of n_ctx cells
-        params.n_ctx = context_length * max_batch
-        params.n_batch = params.n_ubatch = PREFILL_CHUNK
-        params.n_threads = params.n_threads_batch = os.cpu_count() or 1
-        self.ctx = _internals.LlamaContext(model=self.model, params=params, verbose=False)
-        self.batch = _internals.LlamaBatch(n_tokens=PREFILL_CHUNK + max_batch, embd=0, n_seq_max=1, verbose=False)
+        speculating = options.prompt_lookup or options.draft is not None
+        # Rows per decode: every sequence's next token, the drafts (SPECULATIVE_ROWS in all) and a prompt chunk
+        rows = PREFILL_CHUNK + (max(max_batch, SPECULATIVE_ROWS) if speculating else max_batch)
+        self.ctx = new_context(self.model, lc, max_batch, context_length, rows, PREFILL_CHUNK)
+        self.batch = _internals.LlamaBatch(n_tokens=rows, embd=0, n_seq_max=1, verbose=False)
         self.vocab = lc.llama_model_get_vocab(self.model.model)
         self.n_vocab = self.model.n_vocab()
         metadata = self.model.metadata()
@@ -93,14 +109,20 @@ class LlamaCppEngine(Engine):
         self.formatter = Jinja2ChatFormatter(
             template=metadata.get("tokenizer.chat_template", "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"),
             eos_token=self.token_text(eos) if eos >= 0 else "", bos_token=self.token_text(bos) if bos >= 0 else "")
-        self.free_slots = deque(range(max_batch))
-        self.waiting: deque[Sequence] = deque()
+        self.slots = SlotCache(LlamaMemory(self.ctx), max_batch, enabled=options.prefix_cache)
+        self.ngram = NgramProposer() if options.prompt_lookup else None
+        self.draft = None
+        if options.draft is not None:
+            self.draft = DraftModel(gguf_file(options.draft), self, max_batch, context_length, options.prefix_cache,
+                                    PREFILL_CHUNK)
+        self.waiting: list[Sequence] = []
         self.active: dict[int, Sequence] = {}
         self.next_uid = 0
 
     @classmethod
-    def load(cls, path: Path, max_batch: int, context_length: int) -> "LlamaCppEngine":
-        return cls(gguf_file(path), max_batch, context_length)
+    def load(cls, path: Path, max_batch: int, context_length: int,
+             options: EngineOptions = EngineOptions()) -> "LlamaCppEngine":
+        return cls(gguf_file(path), max_batch, context_length, options)
 
     # ------------------------------------------------------------ text
 
@@ -144,20 +166,25 @@ class LlamaCppEngine(Engine):
 
     def insert(self, prompt: list[int], params: SamplingParams) -> int:
         uid, self.next_uid = self.next_uid, self.next_uid + 1
-        rng = np.random.default_rng(params.seed)
-        self.waiting.append(Sequence(uid=uid, slot=-1, pending=list(prompt), params=params, rng=rng))
+        self.waiting.append(Sequence(uid=uid, prompt=list(prompt), params=params,
+                                     rng=np.random.default_rng(params.seed), budget=self.options.draft_tokens))
         return uid
 
     def step(self) -> list[StepOutput]:
         self._admit()
         outputs: list[StepOutput] = []
         while self.active:
+            self._propose()
             if not self._fill_batch():
                 break
-            self.ctx.decode(self.batch)
+            try:
+                self.ctx.decode(self.batch)
+            except Exception:
+                self.slots.forget_all()  # the scheduler fails these sequences; their cells cannot be trusted
+                raise
             ready = [s for s in self.active.values() if s.batch_index >= 0]
             for sequence in ready:
-                outputs.append(self._sample(sequence))
+                outputs += self._verify(sequence)
             if ready:  # at least one sequence produced a token: that is one step
                 break
         return outputs
@@ -167,9 +194,11 @@ class LlamaCppEngine(Engine):
             sequence = self.active.pop(uid, None)
             if sequence is not None:
                 self._release(sequence)
-        self.waiting = deque(s for s in self.waiting if s.uid not in uids)
+        self.waiting = [s for s in self.waiting if s.uid not in uids]
 
     def close(self) -> None:
+        if self.draft is not None:
+            self.draft.close()
         self.batch.close()
         self.ctx.close()
         self.model.close()
@@ -177,13 +206,41 @@ class LlamaCppEngine(Engine):
     # ------------------------------------------------------------ internals
 
     def _admit(self) -> None:
-        while self.waiting and self.free_slots:
-            sequence = self.waiting.popleft()
-            sequence.slot = self.free_slots.popleft()
+        while self.waiting and self.slots.free:
+            sequence = self.waiting.pop(0)
+            sequence.slot, sequence.cached = self.slots.acquire(sequence.prompt)
+            sequence.position = sequence.cached
+            sequence.pending = sequence.prompt[sequence.cached:]
             self.active[sequence.uid] = sequence
 
+    def _propose(self) -> None:
+        """Drafts for the generating sequences, within SPECULATIVE_ROWS in all: n-grams first (free), then the
+        draft model for the sequences they found nothing for."""
+        generating = [s for s in self.active.values() if not s.pending and s.generated]
+        for sequence in generating:
+            sequence.drafts, sequence.method = [], None
+        if not (self.ngram or self.draft) or not generating:
+            return
+        most = min(self.options.draft_tokens, SPECULATIVE_ROWS // len(generating) - 1)
+        wanted: dict[int, tuple[list[int], int]] = {}
+        for sequence in generating:
+            # every accepted draft is a token, and the model adds one of its own: stay within max_tokens (and so
+            # within the context)
+            room = min(most, sequence.budget, sequence.params.max_tokens - len(sequence.generated) - 1)
+            if room <= 0:
+                continue
+            if self.ngram is not None and (found := self.ngram.propose(sequence.tokens, room)):
+                sequence.drafts, sequence.method = found, self.ngram.method
+            elif self.draft is not None:
+                wanted[sequence.slot] = (sequence.tokens, room)
+        if wanted:
+            drafted = self.draft.propose(wanted)
+            for sequence in generating:
+                if drafted.get(sequence.slot):
+                    sequence.drafts, sequence.method = drafted[sequence.slot], self.draft.method
+
     def _fill_batch(self) -> bool:
-        """One decode's worth: each generating sequence's last token, then prompt chunks in the room left."""
+        """One decode's worth: each generating sequence's last token and its drafts, then prompt chunks."""
         batch = self.batch.batch
         batch.n_tokens = 0
 
@@ -191,6 +248,7 @@ class LlamaCppEngine(Engine):
             i = batch.n_tokens
             batch.token[i], batch.pos[i] = token, sequence.position
             batch.n_seq_id[i], batch.seq_id[i][0], batch.logits[i] = 1, sequence.slot, wants_logits
+            self.slots.record(sequence.slot, token)
             sequence.position += 1
             batch.n_tokens += 1
 
@@ -198,7 +256,8 @@ class LlamaCppEngine(Engine):
             sequence.batch_index = -1
             if not sequence.pending and sequence.generated:
                 sequence.batch_index = batch.n_tokens
-                add(sequence.generated[-1], sequence, True)
+                for token in [sequence.generated[-1], *sequence.drafts]:
+                    add(token, sequence, True)
         room = PREFILL_CHUNK
         for sequence in self.active.values():
             if sequence.pending and room > 0:
@@ -211,55 +270,56 @@ class LlamaCppEngine(Engine):
                     add(token, sequence, last)
         return batch.n_tokens > 0
 
-    def _sample(self, sequence: Sequence) -> StepOutput:
-        pointer = self.lc.llama_get_logits_ith(self.ctx.ctx, sequence.batch_index)
-        logits = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
-        params = sequence.params
-        if params.logit_bias or (sequence.generated and (params.presence_penalty or params.frequency_penalty)):
-            logits = logits.copy()  # never write into llama.cpp's buffer
-            for token, bias in (params.logit_bias or {}).items():
-                if 0 <= token < self.n_vocab:
-                    logits[token] += bias
-            if sequence.generated and (params.presence_penalty or params.frequency_penalty):
-                seen, counts = np.unique(sequence.generated, return_counts=True)
-                logits[seen] -= (params.presence_penalty or 0) + (params.frequency_penalty or 0) * counts
-        # Work per token matters at ~50 tok/s with a 150k vocabulary: greedy is one argmax, and the softmax is
-        # computed only when sampling or logprobs need it.
-        if params.temperature == 0:
-            token = int(np.argmax(logits))
-        else:
-            scaled = logits.astype(np.float64) / params.temperature
-            probs = np.exp(scaled - scaled.max())
-            probs /= probs.sum()
-            if params.top_p < 1:
-                order = np.argsort(-probs)
-                keep = order[: int(np.searchsorted(np.cumsum(probs[order]), params.top_p)) + 1]
-                mask = np.zeros_like(probs)
-                mask[keep] = probs[keep]
-                probs = mask / mask.sum()
-            token = int(sequence.rng.choice(self.n_vocab, p=probs))
+    def _verify(self, sequence: Sequence) -> list[StepOutput]:
+        """The sequence's tokens from this step's rows: one per accepted draft, then the model's own."""
+        outputs: list[StepOutput] = []
+        drafts, accepted = sequence.drafts, 0
+        for row in range(len(drafts) + 1):
+            draft = drafts[row] if row < len(drafts) else None
+            pointer = self.lc.llama_get_logits_ith(self.ctx.ctx, sequence.batch_index + row)
+            logits = adjusted(np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)), sequence.params,
+                              sequence.generated)
+            token, taken = choose(logits, sequence.params, sequence.rng, draft)
+            outputs.append(self._emit(sequence, token, logits))
+            if outputs[-1].finish_reason is not None or not taken:
+                break
+            accepted += 1
+        # Cells hold the last token and every draft; keep the last token's and the accepted drafts' only.
+        keep = sequence.position - len(drafts) + accepted
+        self.slots.truncate(sequence.slot, keep)
+        sequence.position = keep
+        if drafts:
+            outputs[0].speculation, outputs[0].drafted, outputs[0].accepted = sequence.method, len(drafts), accepted
+            # transformers' assisted-generation schedule: +2 after a step that took every draft, else -1; a sequence
+            # whose drafts keep failing (text that does not repeat) costs one extra row a step, not a dozen
+            if accepted == len(drafts):
+                sequence.budget = min(self.options.draft_tokens, sequence.budget + 2)
+            else:
+                sequence.budget = max(1, sequence.budget - 1)
+        if sequence.cached is not None:
+            outputs[0].cached_tokens, sequence.cached = sequence.cached, None
+        if outputs[-1].finish_reason is not None:
+            self.active.pop(sequence.uid, None)
+            self._release(sequence)
+        return outputs
+
+    def _emit(self, sequence: Sequence, token: int, logits: np.ndarray) -> StepOutput:
         sequence.generated.append(token)
         finish = None
         if self.lc.llama_vocab_is_eog(self.vocab, token):
             finish = "stop"
-        elif len(sequence.generated) >= params.max_tokens:
+        elif len(sequence.generated) >= sequence.params.max_tokens:
             finish = "length"
         output = StepOutput(uid=sequence.uid, token=token, finish_reason=finish)
-        if params.logprobs:
-            shifted = logits.astype(np.float64) - logits.max()
-            logprobs = shifted - np.log(np.exp(shifted).sum())
-            output.logprob = float(logprobs[token])
-            top = np.argpartition(-logprobs, params.top_logprobs)[: params.top_logprobs] if params.top_logprobs else []
-            output.top_logprobs = sorted(((int(t), float(logprobs[t])) for t in top), key=lambda pair: -pair[1])
-        if finish is not None:
-            self.active.pop(sequence.uid, None)
-            self._release(sequence)
+        if sequence.params.logprobs:
+            output.logprob, output.top_logprobs = logprobs(logits, token, sequence.params.top_logprobs)
         return output
 
     def _release(self, sequence: Sequence) -> None:
         if sequence.slot >= 0:
-            self.ctx.kv_cache_seq_rm(sequence.slot, -1, -1)
-            self.free_slots.append(sequence.slot)
+            self.slots.release(sequence.slot)
+            if self.draft is not None:
+                self.draft.release(sequence.slot)
             sequence.slot = -1
 
 
@@ -269,4 +329,3 @@ def available() -> bool:
     except ImportError:
         return False
     return True
-

@@ -1,11 +1,20 @@
-"""The MLX engine: mlx-lm's model loading, chat templates and `BatchGenerator` (continuous batching)."""
+"""The MLX engine: mlx-lm's model loading, chat templates and `BatchGenerator` (continuous batching).
+
+Prefix cache: mlx-lm's own `LRUPromptCache`, as `mlx_lm.server` uses it. A sequence that ends (finished, cancelled or
+cut by a stop string) leaves its KV cache under its tokens; a new prompt starts from the nearest entry (a prefix of
+it, or a longer entry trimmed to the common part) and the batch generator prefills only the rest. The cache is
+bounded in entries and bytes, least recently used first.
+"""
 from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
 
-from serving.inference.local.engines.base import Detokenizer, Engine, StepOutput
+from serving.inference.local.engines.base import Detokenizer, Engine, EngineOptions, StepOutput
 from serving.inference.types import SamplingParams
+
+CACHE_ENTRIES = 16  # sequences' KV caches kept for reuse (mlx_lm.server keeps 10)
+CACHE_BYTES = 1 << 30  # and at most this many bytes of them
 
 
 class MlxDetokenizer(Detokenizer):
@@ -27,20 +36,24 @@ class MlxEngine(Engine):
     supports_penalties = True
     supports_logprobs = True
 
-    def __init__(self, model, tokenizer, max_batch: int):
+    def __init__(self, model, tokenizer, max_batch: int, options: EngineOptions = EngineOptions()):
         from mlx_lm.generate import BatchGenerator
+        from mlx_lm.models.cache import LRUPromptCache
 
         self.model, self.tokenizer = model, tokenizer
         self.batch = BatchGenerator(model, stop_tokens=[[t] for t in tokenizer.eos_token_ids],
                                     completion_batch_size=max_batch, prefill_batch_size=min(8, max_batch))
         self.wants_logprobs: dict[int, int] = {}  # uid -> how many top logprobs (0 = just the token's)
+        self.prompt_cache = LRUPromptCache(CACHE_ENTRIES, CACHE_BYTES) if options.prefix_cache else None
+        self.cached: dict[int, int] = {}  # uid -> prompt tokens reused, until its first output reports it
 
     @classmethod
-    def load(cls, path: Path, max_batch: int, context_length: int) -> "MlxEngine":
+    def load(cls, path: Path, max_batch: int, context_length: int,
+             options: EngineOptions = EngineOptions()) -> "MlxEngine":
         from mlx_lm import load
 
         model, tokenizer = load(str(path))
-        return cls(model, tokenizer, max_batch)
+        return cls(model, tokenizer, max_batch, options)
 
     def render_chat(self, messages: list[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -73,35 +86,66 @@ class MlxEngine(Engine):
         processors = make_logits_processors(logit_bias=params.logit_bias,
                                             presence_penalty=params.presence_penalty,
                                             frequency_penalty=params.frequency_penalty)
-        [uid] = self.batch.insert([prompt], max_tokens=[params.max_tokens], samplers=[_sampler(params)],
+        cache, reused = self._nearest_cache(prompt)
+        [uid] = self.batch.insert([prompt[reused:]], max_tokens=[params.max_tokens], caches=[cache],
+                                  all_tokens=[prompt[:reused]], samplers=[_sampler(params)],
                                   logits_processors=[processors])
         if params.logprobs:
             self.wants_logprobs[uid] = params.top_logprobs
+        self.cached[uid] = reused
         return uid
 
     def step(self) -> list[StepOutput]:
         outputs = []
         for response in self.batch.next_generated():
-            output = StepOutput(uid=response.uid, token=response.token, finish_reason=response.finish_reason)
+            output = StepOutput(uid=response.uid, token=response.token, finish_reason=response.finish_reason,
+                                cached_tokens=self.cached.pop(response.uid, None))
             top = self.wants_logprobs.get(response.uid)
             if top is not None:
                 output.logprob, output.top_logprobs = _logprobs(response.logprobs, response.token, top)
             if response.finish_reason is not None:
                 self.wants_logprobs.pop(response.uid, None)
+                self._keep(response.all_tokens, response.prompt_cache)
             outputs.append(output)
         return outputs
 
     def remove(self, uids: list[int]) -> None:
-        self.batch.remove(uids)
+        kept = self.batch.remove(uids, return_prompt_caches=self.prompt_cache is not None)
+        for cache, tokens in kept.values():
+            self._keep(tokens, cache)
         for uid in uids:
             self.wants_logprobs.pop(uid, None)
+            self.cached.pop(uid, None)
+
+    def _nearest_cache(self, prompt: list[int]) -> tuple[list | None, int]:
+        """The cached KV state that covers most of `prompt` (a copy: entries stay for other prompts) and how many
+        tokens it covers; at least the last prompt token is always left to compute, since its logits are needed."""
+        from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
+
+        if self.prompt_cache is None:
+            return None, 0
+        cache, rest = self.prompt_cache.fetch_nearest_cache(MODEL_KEY, prompt)
+        if cache is not None and not rest:  # an exact match: step back one token
+            if not can_trim_prompt_cache(cache):
+                return None, 0
+            trim_prompt_cache(cache, 1)
+            rest = prompt[-1:]
+        return cache, len(prompt) - len(rest)
+
+    def _keep(self, tokens: list[int] | None, cache: list | None) -> None:
+        """A sequence's KV state, for later prompts that share a prefix of its tokens."""
+        if self.prompt_cache is not None and tokens and cache:
+            self.prompt_cache.insert_cache(MODEL_KEY, list(tokens), cache)
 
     def close(self) -> None:
         import mlx.core as mx
 
         self.batch.close()
-        self.model = self.tokenizer = self.batch = None
+        self.model = self.tokenizer = self.batch = self.prompt_cache = None
         mx.clear_cache()
+
+
+MODEL_KEY = "model"  # LRUPromptCache keys entries by model too; each engine has its own cache and one model
 
 
 def _sampler(params: SamplingParams):
