@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-tokens", type=int, help="for PATH: default completion length")
     serve.add_argument("--temperature", type=float, help="for PATH: default sampling temperature")
     serve.add_argument("--top-p", type=float, help="for PATH: default nucleus sampling")
-    serve.add_argument("--draft", help="for PATH: a draft model for speculative decoding (not implemented yet)")
+    serve.add_argument("--draft", help="for PATH: a registry model with the same vocabulary to draft for it "
+                                                       "(speculative decoding on llama.cpp)")
     add_serve_options(serve)
     serve.set_defaults(run=run_serve)
     up = subcommands.add_parser("up", help="Prefect server, build the demo specs, serve them")

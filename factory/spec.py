@@ -18,6 +18,7 @@ from factory.yaml_lines import LocatedYaml
 from factory.yaml_models import LocatedError, json_schema_of, located_message, parse_model, read_model
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+MODEL_REF_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}(@[a-z0-9][a-z0-9._-]{0,63})?$"  # name, name@N, name@alias
 HF_REPO_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$"
 COMMIT_PATTERN = re.compile(r"^[0-9a-f]{40}$")
 
@@ -274,8 +275,14 @@ class Serve(Strict):
     aliases: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = []
     context_length: Annotated[int, Field(gt=0)] = 4096
     defaults: GenerationDefaults = GenerationDefaults()
-    draft: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
+    draft: Annotated[str, Field(pattern=MODEL_REF_PATTERN)] | None = Field(
+        None, description="a registry model (name, name@N or name@alias) with the same vocabulary, e.g. a q4_0 build "
+                          "of this model: speculative decoding on llama.cpp (resolved when this model loads)")
+    draft_tokens: Annotated[int, Field(ge=1, le=16)] = Field(8, description="most tokens drafted per step")
     engine: Literal["auto", "mlx", "llamacpp"] = "auto"
+    prefix_cache: bool = Field(True, description="reuse the KV state of earlier prompts' shared prefixes")
+    prompt_lookup: bool = Field(False, description="speculative decoding from n-grams of the text so far (llama.cpp; "
+                                                   "no draft model; helps edits and code)")
 
 
 # ---------------------------------------------------------------- embeddings
@@ -329,11 +336,12 @@ NOT_BUILD_INPUT = ("schedule", "fine_tune")
 
 # Fields the contract accepts before the factory acts on them (so specs can be written ahead of the feature), with
 # the warning `factory spec check` gives where one is set: accepted and silently ignored would mislead.
-NOT_IMPLEMENTED = {("serve", "draft"): "speculative decoding is not implemented yet; the draft model is ignored"}
+NOT_IMPLEMENTED: dict[tuple[str, ...], str] = {}
 # Fields added after specs were published, each with its default: at its default a field is left out of the content
 # hash, so a spec that does not use it keeps the hash it had (upgrading must not republish every model).
 ADDED_LATER = {("task",): "chat", ("embedding",): None, ("validate", "gates", "min_paraphrase_accuracy"): None,
-               ("validate", "gates", "min_sentences_per_second"): None}
+               ("validate", "gates", "min_sentences_per_second"): None, ("serve", "draft_tokens"): 8,
+               ("serve", "prefix_cache"): True, ("serve", "prompt_lookup"): False}
 
 
 class Spec(Strict):

@@ -21,6 +21,13 @@ time_to_first_token = Histogram(
 inter_token_latency = Histogram(
     "factory_inter_token_latency_seconds", "Between consecutive tokens of a sequence", ["model"], buckets=ITL_BUCKETS)
 generated_tokens = Counter("factory_generated_tokens", "Tokens generated, finished sequences or not", ["model"])
+cached_prompt_tokens = Counter("factory_cached_prompt_tokens", "Prompt tokens reused from the prefix cache", ["model"])
+# Speculative decoding, by proposer (ngram, draft): the acceptance rate is accepted / drafted (ratios do not add up
+# across workers; counts do)
+drafted_tokens = Counter("factory_speculative_drafted_tokens", "Tokens proposed for speculative decoding",
+                         ["model", "method"])
+accepted_tokens = Counter("factory_speculative_accepted_tokens", "Proposed tokens the model accepted",
+                          ["model", "method"])
 decode_steps = Counter("factory_decode_steps", "Decode steps taken", ["model"])
 sequences_active = Gauge("factory_sequences_active", "Sequences in a decode batch", ["model"],
                          multiprocess_mode="livesum")

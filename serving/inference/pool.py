@@ -23,6 +23,7 @@ from serving.inference import metrics
 from serving.inference.local.describe import model_info
 from serving.inference.local.embedding_model import EmbeddingModel
 from serving.inference.local.engines.base import Engine
+from serving.inference.local.engine_options import engine_options
 from serving.inference.local.model import LocalModel
 from serving.inference.local.scheduler import Scheduler
 from serving.inference.local.select import NoEngine, select_artifact, select_embedding_artifact
@@ -33,13 +34,14 @@ log = logging.getLogger("factory.serving")
 DEFAULT = "default"  # the id clients use when they do not care which model answers
 EMBED_BATCH = 32  # inputs an embedding model embeds per call, across concurrent requests
 
-# (version, its serving settings, max batch) -> (a loaded engine, the artifact it serves)
-EngineLoader = Callable[[Version, Serve, int], tuple[Engine, str]]
+# (version, its serving settings, max batch[, its draft model's version]) -> (a loaded engine, the artifact it serves)
+EngineLoader = Callable[..., tuple[Engine, str]]
 
 
-def load_engine(version: Version, serve: Serve, max_batch: int) -> tuple[Engine | Embedder, str]:
+def load_engine(version: Version, serve: Serve, max_batch: int,
+                draft: Version | None = None) -> tuple[Engine | Embedder, str]:
     """The engine this host runs best for `version`, loaded from the matching artifact (an embedding model's:
-    its runtime, batches of EMBED_BATCH inputs)."""
+    its runtime, batches of EMBED_BATCH inputs); `draft`: the version `serve.draft` names."""
     if version.manifest().get("task") == "embedding":
         try:
             _, artifact = select_embedding_artifact(version, serve.engine)
@@ -50,7 +52,8 @@ def load_engine(version: Version, serve: Serve, max_batch: int) -> tuple[Engine 
         engine_class, artifact = select_artifact(version, serve.engine)
     except NoEngine as exc:
         raise UnknownModel(version.ref, str(exc)) from None
-    return engine_class.load(version.artifact(artifact), max_batch, serve.context_length), artifact
+    options = engine_options(serve, engine_class, draft)
+    return engine_class.load(version.artifact(artifact), max_batch, serve.context_length, options), artifact
 
 
 class ModelPool:
@@ -183,7 +186,8 @@ class ModelPool:
         manifest = await self._manifest(version)
         serve = await self._serve(version)
         started = time.monotonic()
-        engine, artifact = await asyncio.to_thread(self.engine_loader, version, serve, self.config.max_batch)
+        draft = [await self._draft(version, serve)] if serve.draft else []
+        engine, artifact = await asyncio.to_thread(self.engine_loader, version, serve, self.config.max_batch, *draft)
         nbytes = sum(entry["size"] for entry in manifest["artifacts"][artifact]["files"].values())
         if isinstance(engine, Embedder):  # an embedding model: batches of inputs, no generation
             model = EmbeddingModel.around(engine, version, serve, artifact, nbytes, manifest["embedding"],
@@ -196,6 +200,14 @@ class ModelPool:
         log.info("loaded %s (%s, %.1f MB) in %.2fs", version.ref, artifact, nbytes / 1e6, time.monotonic() - started)
         self.evict(keep=model)
         return model
+
+    async def _draft(self, version: Version, serve: Serve) -> Version:
+        """The version `serve.draft` names, resolved once, when the model loads."""
+        try:
+            return await self.resolve(serve.draft)
+        except UnknownModel:
+            raise Unavailable(f"{version.ref} cannot load: its draft model {serve.draft!r} (serve.draft) is not in "
+                              "the registry") from None
 
     async def _manifest(self, version: Version) -> dict[str, Any]:
         if version.ref not in self.manifests:

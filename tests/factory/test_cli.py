@@ -78,21 +78,19 @@ def test_unknown_ref_is_a_clear_error(registry):
     assert result.returncode == 1 and result.stderr.strip() == "error: nope@1 does not exist"
 
 
-def test_spec_check_warns_that_a_draft_model_is_ignored_and_still_passes(tmp_path):
+def test_spec_check_accepts_speculative_decoding_settings_without_warning(tmp_path):
     spec = tmp_path / "x.yaml"
     spec.write_text("name: x\n"
                     "source: {local: model}\n"
                     "formats: [{mlx: {dtype: float16}}]\n"
                     "serve:\n"
                     "  aliases: [default]\n"
-                    "  draft: x-draft\n")
+                    "  draft: x-draft@prod\n"
+                    "  prompt_lookup: true\n")
     command = [str(Path(sys.executable).with_name("factory")), "spec", "check", str(spec)]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.splitlines() == [
-        f"{spec}:6: serve.draft: warning: speculative decoding is not implemented yet; the draft model is ignored",
-        f"{spec}: ok (x, 1 formats)",
-    ]
-    assert "1 ok, 0 with errors, 1 warning" in result.stderr
-    spec.write_text(spec.read_text().replace("  draft: x-draft\n", ""))
-    assert "warning" not in subprocess.run(command, capture_output=True, text=True).stdout
+    assert result.stdout.splitlines() == [f"{spec}: ok (x, 1 formats)"]
+    spec.write_text(spec.read_text().replace("x-draft@prod", "X Draft"))
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 1 and f"{spec}:6: serve.draft:" in result.stdout

@@ -120,6 +120,7 @@ def test_content_hash_of_a_spec_without_schedule_or_fine_tune_is_unchanged_by_le
     dumped = spec.model_dump(mode="json", by_alias=True)
     del dumped["task"], dumped["embedding"], dumped["validate"]["gates"]["min_paraphrase_accuracy"]
     del dumped["validate"]["gates"]["min_sentences_per_second"]
+    del dumped["serve"]["draft_tokens"], dumped["serve"]["prefix_cache"], dumped["serve"]["prompt_lookup"]
     everything = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
     assert spec.content_hash() == hashlib.sha256(everything.encode()).hexdigest()
 
@@ -129,6 +130,10 @@ def test_fields_added_later_change_the_hash_only_when_used():
     gated = VALID.replace("max_perplexity: 30", "max_perplexity: 30, min_sentences_per_second: 5")
     assert parse_spec(gated, Path("x.yaml")).content_hash() != base
     assert parse_spec(VALID.replace("name:", "task: chat\nname:"), Path("x.yaml")).content_hash() == base
+    serving = VALID.replace("draft: tiny-draft", "draft: tiny-draft@2, prefix_cache: true, draft_tokens: 8")
+    assert parse_spec(serving, Path("x.yaml")).content_hash() != base  # the draft's ref changed; defaults do not
+    assert parse_spec(VALID.replace("draft: tiny-draft", "draft: tiny-draft, prompt_lookup: false"),
+                      Path("x.yaml")).content_hash() == base
 
 
 def test_missing_file_is_a_spec_error(tmp_path):

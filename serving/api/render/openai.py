@@ -36,17 +36,27 @@ class Usage:
 
     prompt_tokens: int
     per_sequence: dict[int, int] = field(default_factory=dict)
+    cached_per_sequence: dict[int, int] = field(default_factory=dict)
 
     @property
     def completion_tokens(self) -> int:
         return sum(self.per_sequence.values())
 
+    @property
+    def cached_tokens(self) -> int:
+        """Prompt tokens reused from the model's prefix cache. The prompt counts once for all `n` sequences, and
+        so does the reuse: what every sequence reused (the least), not what one sequence took from another."""
+        return min(self.cached_per_sequence.values(), default=0)
+
     def add(self, event: Event) -> None:
         self.per_sequence[event.index] = max(self.per_sequence.get(event.index, 0), event.completion_tokens)
+        if event.cached_tokens is not None:
+            self.cached_per_sequence[event.index] = event.cached_tokens
 
-    def openai(self) -> dict[str, int]:
+    def openai(self) -> dict[str, Any]:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens}
+                "total_tokens": self.prompt_tokens + self.completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}
 
 
 UsageListener = Callable[[Usage], Awaitable[None]]

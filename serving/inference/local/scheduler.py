@@ -35,6 +35,7 @@ class Generation:
     events: asyncio.Queue
     loop: asyncio.AbstractEventLoop
     completion_tokens: int = 0
+    cached_tokens: int | None = None  # prompt tokens the engine reused from its prefix cache (on the first output)
     arrived: float = 0.0  # perf_counter() when the request reached its model; then when its last token came
     uid: int | None = None
     cancelled: bool = False
@@ -153,9 +154,14 @@ class Scheduler:
     def _deliver(self, outputs: list[StepOutput]) -> None:
         now, produced = time.perf_counter(), 0
         for output in outputs:
+            if output.speculation is not None:
+                self.metrics.speculated(output.speculation, output.drafted, output.accepted)
             generation = self.active.get(output.uid)
             if generation is None:
                 continue
+            if output.cached_tokens is not None:
+                generation.cached_tokens = output.cached_tokens
+                self.metrics.cached(output.cached_tokens)
             if output.finish_reason == "stop":  # the end-of-sequence token itself is not text
                 self._finish(generation, "stop")
                 continue
@@ -166,7 +172,8 @@ class Scheduler:
             text, hit_stop = generation.stops.feed(generation.detokenizer.add_token(output.token))
             if text or output.logprob is not None:
                 generation.emit(TokenEvent(index=generation.index, text=text, logprob=self._logprob(output),
-                                           completion_tokens=generation.completion_tokens))
+                                           completion_tokens=generation.completion_tokens,
+                                           cached_tokens=generation.cached_tokens))
             if hit_stop:
                 self.engine.remove([output.uid])
                 self._finish(generation, "stop", flush=False)
@@ -185,9 +192,11 @@ class Scheduler:
             tail += "" if hit else generation.stops.flush()
             if tail:
                 generation.emit(TokenEvent(index=generation.index, text=tail,
-                                           completion_tokens=generation.completion_tokens))
+                                           completion_tokens=generation.completion_tokens,
+                                           cached_tokens=generation.cached_tokens))
         generation.emit(DoneEvent(index=generation.index, finish_reason=reason,
-                                  completion_tokens=generation.completion_tokens, error=error))
+                                  completion_tokens=generation.completion_tokens, error=error,
+                                  cached_tokens=generation.cached_tokens))
 
     def _logprob(self, output: StepOutput) -> TokenLogprob | None:
         if output.logprob is None:
@@ -206,6 +215,8 @@ class SchedulerMetrics:
         self.first_token = metrics.time_to_first_token.labels(ref)
         self.between_tokens = metrics.inter_token_latency.labels(ref)
         self.tokens, self.steps = metrics.generated_tokens.labels(ref), metrics.decode_steps.labels(ref)
+        self.cached_tokens, self.ref = metrics.cached_prompt_tokens.labels(ref), ref
+        self.speculation: dict[str, tuple] = {}  # method -> (drafted, accepted) counters
         self.active, self.queued = metrics.sequences_active.labels(ref), metrics.sequences_queued.labels(ref)
         self.slots, self.max_batch = metrics.batch_slots.labels(ref), max_batch
         self.slots.inc(max_batch)
@@ -218,6 +229,19 @@ class SchedulerMetrics:
         self.steps.inc()
         if tokens:
             self.tokens.inc(tokens)
+
+    def cached(self, tokens: int) -> None:
+        if tokens:
+            self.cached_tokens.inc(tokens)
+
+    def speculated(self, method: str, drafted: int, accepted: int) -> None:
+        if method not in self.speculation:
+            self.speculation[method] = (metrics.drafted_tokens.labels(self.ref, method),
+                                        metrics.accepted_tokens.labels(self.ref, method))
+        drafted_counter, accepted_counter = self.speculation[method]
+        drafted_counter.inc(drafted)
+        if accepted:
+            accepted_counter.inc(accepted)
 
     def batch(self, active: int, queued: int) -> None:
         (was_active, was_queued), self.published = self.published, (active, queued)

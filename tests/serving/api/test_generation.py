@@ -24,6 +24,24 @@ async def test_chat_whole_and_streamed_give_the_same_text_and_usage(sdk):
     assert all(c.usage is None for c in chunks[:-1])
 
 
+async def test_usage_reports_the_prompt_tokens_reused_from_the_prefix_cache(sdk, pool_and_registry):
+    system = {"role": "system", "content": "You answer briefly. " * 8}
+    first = await sdk.chat.completions.create(model="tiny", messages=[system, *HI])
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    pool, *_ = pool_and_registry
+    engine = pool.loaded["tiny@1"].engine
+    engine.prefix_cache = True  # the scripted engine reports the prefix a prompt shares with earlier ones
+    other = [system, {"role": "user", "content": "ho"}]
+    again = await sdk.chat.completions.create(model="tiny", messages=other)
+    shared = next(i for i, (a, b) in enumerate(zip(*engine.prompts[-2:])) if a != b)
+    assert again.usage.prompt_tokens_details.cached_tokens == shared > 100
+    chunks = [c async for c in await sdk.chat.completions.create(model="tiny", messages=other, n=2, stream=True,
+                                                                  stream_options={"include_usage": True})]
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1
+    texts = [await sdk.completions.create(model="tiny", prompt="the same prompt", max_tokens=2) for _ in range(2)]
+    assert [t.usage.prompt_tokens_details.cached_tokens for t in texts] == [0, len("the same prompt") - 1]
+
+
 async def test_max_tokens_n_and_the_developer_role(sdk, pool_and_registry):
     reply = await sdk.chat.completions.create(model="default", n=3, max_tokens=5, messages=[
         {"role": "developer", "content": "be brief"}, *HI])
