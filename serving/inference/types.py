@@ -81,12 +81,14 @@ class TokenLogprob:
 @dataclass
 class TokenEvent:
     """Text released for sequence `index` (possibly empty when only a logprob is reported), and how many tokens the
-    sequence has generated so far (a stream the client leaves early is still counted up to there)."""
+    sequence has generated so far (a stream the client leaves early is still counted up to there). `cached_tokens`:
+    how many of the prompt's tokens the model reused from its prefix cache (None: not known)."""
 
     index: int
     text: str
     logprob: TokenLogprob | None = None
     completion_tokens: int = 0
+    cached_tokens: int | None = None
 
 
 @dataclass
@@ -97,6 +99,7 @@ class DoneEvent:
     finish_reason: str
     completion_tokens: int
     error: str | None = None
+    cached_tokens: int | None = None
 
 
 Event = TokenEvent | DoneEvent
@@ -135,6 +138,27 @@ class ModelStats:
     decode_steps: int
 
 
+@dataclass
+class ReplicaStatus:
+    url: str
+    state: str  # HEALTHY | UNHEALTHY (a provider's replicas are never NOT_CONFIGURED on their own)
+    reason: str | None
+    checked_at: float | None  # Unix time of the last check or request outcome; None before the first
+
+
+@dataclass
+class ProviderStatus:
+    """What `/v1/providers` shows of one upstream: NOT_CONFIGURED (e.g. its key variable is unset), UNHEALTHY (every
+    replica's last check or request failed; `reason` says why), or HEALTHY (at least one replica answers)."""
+
+    name: str
+    state: str
+    reason: str | None
+    models: list[str]  # upstream model ids, served as `name/model`
+    replicas: list[ReplicaStatus]
+    changed_at: float  # Unix time the state last changed (or the provider was set up)
+
+
 # ---------------------------------------------------------------- errors
 
 
@@ -157,13 +181,19 @@ class InvalidRequest(InferenceError):
 
 
 class QueueFull(InferenceError):
-    def __init__(self, retry_after_s: int = 1):
-        super().__init__("The server is busy: the request queue for this model is full; retry shortly")
+    def __init__(self, retry_after_s: int = 1, message: str | None = None):
+        super().__init__(message or "The server is busy: the request queue for this model is full; retry shortly")
         self.retry_after_s = retry_after_s
 
 
 class Unavailable(InferenceError):
-    """The server cannot serve anything yet (empty or unreadable registry, default model failing to load)."""
+    """Nothing can be served for this request now: the server cannot serve anything yet (empty or unreadable
+    registry, default model failing to load), or a provider is unhealthy or not configured. `retry_after_s`: when
+    trying again may help (the provider's next health check); `code`: what the error body's code says."""
+
+    def __init__(self, message: str, retry_after_s: int | None = None, code: str | None = None):
+        super().__init__(message)
+        self.retry_after_s, self.code = retry_after_s, code
 
 
 class GenerationFailed(InferenceError):

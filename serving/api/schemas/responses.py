@@ -46,10 +46,16 @@ class ErrorBody(Shape):
 # ---------------------------------------------------------------- chat and text completions
 
 
+class PromptTokensDetails(Shape):
+    cached_tokens: Count = Field(description="prompt tokens whose KV state the model reused from its prefix cache "
+                                             "(a prompt sharing a prefix with an earlier one)")
+
+
 class Usage(Shape):
     prompt_tokens: Count
     completion_tokens: Count
     total_tokens: Count
+    prompt_tokens_details: PromptTokensDetails
 
 
 class TopLogprob(Shape):
@@ -176,19 +182,24 @@ class ModelEmbedding(Shape):
     max_inputs: int = Field(description="inputs in one request")
 
 
+ProviderState = Literal["NOT_CONFIGURED", "UNHEALTHY", "HEALTHY"]
+
+
 class Model(Shape):
     id: str
     object: Literal["model"]
     created: Timestamp
-    owned_by: str
-    ref: str = Field(description="the registry version this id serves: name@N")
-    version: int
+    owned_by: str = Field(description="llm-factory for a registry model, else the provider's name")
+    ref: str = Field(description="the registry version this id serves: name@N (a provider's model: its id)")
+    version: int = Field(description="the registry version's number (0 for a provider's model)")
     aliases: list[str]
     formats: list[str]
     quantization: dict[str, str]
-    context_length: int
-    engine: str | None = Field(description="the engine serving it on this host (none: no artifact fits)")
+    context_length: int = Field(description="tokens of context (0: a provider that does not say)")
+    engine: str | None = Field(description="the engine serving it on this host (none: no artifact fits; `remote`: "
+                                           "a provider's model)")
     loaded: bool
+    state: ProviderState | None = Field(None, description="a provider's model: the provider's health")
     parent: str | None = Field(None, description="a fine-tune's base model")
     task: Literal["chat", "embedding"] = Field(description="chat (and completions), or embedding (/v1/embeddings, "
                                                            "/v1/rerank)")
@@ -276,6 +287,29 @@ class FineTuningJobEventList(Shape):
     object: Literal["list"]
     data: list[FineTuningJobEvent]
     has_more: bool
+
+
+class Replica(Shape):
+    url: str = Field(description="the replica's base URL")
+    state: Literal["UNHEALTHY", "HEALTHY"]
+    reason: str | None = Field(description="why its last check or request failed")
+    checked_at: Timestamp | None = Field(description="its last check or failed request (none: not checked yet)")
+
+
+class Provider(Shape):
+    object: Literal["provider"]
+    name: str
+    state: ProviderState = Field(description="NOT_CONFIGURED (e.g. its key variable is unset), UNHEALTHY (no "
+                                             "replica answers; requests get 503 with Retry-After), HEALTHY")
+    reason: str | None = Field(description="why it is not HEALTHY")
+    models: list[str] = Field(description="the ids it serves here: provider/model")
+    changed_at: Timestamp = Field(description="when its state last changed")
+    replicas: list[Replica]
+
+
+class ProviderList(Shape):
+    object: Literal["list"]
+    data: list[Provider]
 
 
 # ---------------------------------------------------------------- probes
