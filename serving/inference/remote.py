@@ -22,7 +22,7 @@ import httpx
 
 from serving.inference.providers import Provider, Replica, describe_error
 from serving.inference.types import (DoneEvent, EmbedRequest, Embeddings, Event, GenerateRequest, InvalidRequest,
-                                     ModelInfo, TokenEvent, TokenLogprob)
+                                     ModelInfo, TokenEvent, TokenLogprob, queued_events)
 
 FINISH_REASONS = ("stop", "length")  # anything else an upstream says (tool_calls, content_filter) is a stop here
 
@@ -110,16 +110,8 @@ class RemoteStream:
         for event in self.parser.finish(error):
             self.queue.put_nowait(event)
 
-    async def events(self, heartbeat_s: float | None = None) -> AsyncIterator[Event | None]:
-        remaining = self.n
-        while remaining:
-            try:
-                event = await asyncio.wait_for(self.queue.get(), heartbeat_s)
-            except TimeoutError:
-                yield None
-                continue
-            remaining -= isinstance(event, DoneEvent)
-            yield event
+    def events(self, heartbeat_s: float | None = None) -> AsyncIterator[Event | None]:
+        return queued_events(self.queue, self.n, heartbeat_s)
 
     async def aclose(self) -> None:
         if not self.reader.done():

@@ -6,6 +6,8 @@ into a `GenerateRequest` and renders the same events.
 """
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +105,21 @@ class DoneEvent:
 
 
 Event = TokenEvent | DoneEvent
+
+
+async def queued_events(queue: asyncio.Queue, sequences: int,
+                        heartbeat_s: float | None = None) -> AsyncIterator[Event | None]:
+    """A request's events from the queue its sequences feed, until each has ended; None every `heartbeat_s` of
+    silence (so a server can notice a client that left while nothing happens)."""
+    remaining = sequences
+    while remaining:
+        try:
+            event = await asyncio.wait_for(queue.get(), heartbeat_s)
+        except TimeoutError:
+            yield None
+            continue
+        remaining -= isinstance(event, DoneEvent)
+        yield event
 
 
 # ---------------------------------------------------------------- models

@@ -18,8 +18,8 @@ from serving.inference.local.describe import model_info
 from serving.inference.local.engines.base import Engine
 from serving.inference.local.prompts import prompt_tokens
 from serving.inference.local.scheduler import Generation, Scheduler
-from serving.inference.types import (DoneEvent, EmbedRequest, Embeddings, Event, GenerateRequest, InvalidRequest,
-                                     ModelInfo, SamplingParams)
+from serving.inference.types import (EmbedRequest, Embeddings, Event, GenerateRequest, InvalidRequest, ModelInfo,
+                                     SamplingParams, queued_events)
 
 log = logging.getLogger("factory.serving")
 # Clients may send any integer seed (OpenAI does not bound it); the engines' generators take unsigned 32-bit ones.
@@ -99,16 +99,8 @@ class LocalStream:
         self.model, self.generations, self.queue = model, generations, events
         self.ref, self.prompt_tokens = model.ref, prompt_tokens
 
-    async def events(self, heartbeat_s: float | None = None) -> AsyncIterator[Event | None]:
-        remaining = len(self.generations)
-        while remaining:
-            try:
-                event = await asyncio.wait_for(self.queue.get(), heartbeat_s)
-            except TimeoutError:
-                yield None
-                continue
-            remaining -= isinstance(event, DoneEvent)
-            yield event
+    def events(self, heartbeat_s: float | None = None) -> AsyncIterator[Event | None]:
+        return queued_events(self.queue, len(self.generations), heartbeat_s)
 
     async def aclose(self) -> None:
         for generation in self.generations:
