@@ -7,12 +7,14 @@ response starts, which cuts a server-sent event stream after its first event.
 from __future__ import annotations
 
 import json
+import logging
 
 import httpx
 import openai
 import pytest
 
 from serving.app import create_app
+from serving.logs import JsonFormatter
 from tests.fixtures.redis_server import redis_server
 from tests.fixtures.scripted_engine import scripted_pool
 
@@ -27,6 +29,26 @@ def redis_url(tmp_path_factory):
     """A real redis-server for the Redis rate-limit store, one per test module."""
     with redis_server(tmp_path_factory.mktemp("redis")) as url:
         yield url
+
+
+@pytest.fixture
+def log_lines():
+    """JSON log lines of every factory logger while the test runs."""
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.append(self.format(record))
+
+    handler = Collect()
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("factory")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield lines
+    logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
 @pytest.fixture

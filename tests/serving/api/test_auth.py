@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import re
 from contextlib import asynccontextmanager
 
@@ -16,7 +15,6 @@ from prometheus_client import REGISTRY
 from factory.keys import KeyStore
 from factory.services import free_port
 from serving.app import create_app
-from serving.logs import JsonFormatter
 from tests.fixtures.scripted_engine import REPLY, scripted_pool
 from tests.serving.api.conftest import sse_frames
 
@@ -195,32 +193,16 @@ async def test_metrics_need_an_admin_key_once_keys_exist(door):
     assert (await client.get("/metrics", headers=bearer(admin))).status_code == 200
 
 
-async def test_log_lines_name_the_key_and_never_hold_a_secret(door):
+async def test_log_lines_name_the_key_and_never_hold_a_secret(door, log_lines):
     client, keys = door
     secret = keys.create("logged", "inference")
-    lines: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            lines.append(self.format(record))
-
-    handler = Collect()
-    handler.setFormatter(JsonFormatter())
-    access = logging.getLogger("factory.serving.access")
-    access.addHandler(handler)
-    level = access.level
-    access.setLevel(logging.INFO)
-    try:
-        await client.post("/v1/chat/completions", json=CHAT, headers=bearer(secret))
-        await client.get("/v1/models", headers=bearer(secret + "wrong"))
-        await client.get("/health")
-    finally:
-        access.removeHandler(handler)
-        access.setLevel(level)
-    records = [json.loads(line) for line in lines]
+    await client.post("/v1/chat/completions", json=CHAT, headers=bearer(secret))
+    await client.get("/v1/models", headers=bearer(secret + "wrong"))
+    await client.get("/health")
+    records = [r for r in map(json.loads, log_lines) if r["logger"] == "factory.serving.access"]
     assert [(r["path"], r["status"], r.get("key")) for r in records] == [
         ("/v1/chat/completions", 200, "logged"), ("/v1/models", 401, None), ("/health", 200, None)]
-    assert not any(secret[7:] in line for line in lines)
+    assert not any(secret[7:] in line for line in log_lines)
 
 
 # ---------------------------------------------------------------- rate limits

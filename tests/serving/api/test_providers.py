@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 from contextlib import asynccontextmanager
 
@@ -19,7 +18,6 @@ from factory.services import free_port
 from serving.app import create_app
 from serving.inference.catalog import Catalog
 from serving.inference.providers import ProviderSet
-from serving.logs import JsonFormatter
 from serving.api.schemas import responses
 from tests.fixtures.raw_upstream import CUT, DROP, HOLD, RawUpstream, error, http, stream
 from tests.fixtures.scripted_engine import REPLY, scripted_pool
@@ -85,26 +83,6 @@ async def poll(check, deadline_s: float = 10):
 
 def provider_status(catalog: Catalog, name: str):
     return next(status for status in catalog.providers() if status.name == name)
-
-
-@pytest.fixture
-def log_lines():
-    """JSON log lines of every factory logger while the test runs."""
-    lines: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            lines.append(self.format(record))
-
-    handler = Collect()
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("factory")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield lines
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 # ---------------------------------------------------------------- this server as the upstream
