@@ -1,7 +1,7 @@
 """The llama.cpp engine (llama-cpp-python's low-level API) for GGUF artifacts: the fast path on x86 CPUs.
 
 Continuous batching as llama-server does it: one context with one KV-cache sequence ("slot") per active request
-(`n_seq_max`, unified cache); each step decodes one batch holding the next token of every generating sequence and
+(`n_seq_max`, each with its own cells); each step decodes one batch holding the next token of every generating sequence and
 the (chunked) prompts of sequences joining, then samples each sequence from its own logits (`sampling.py`, numpy, so
 parameters mean the same as on the MLX engine).
 
