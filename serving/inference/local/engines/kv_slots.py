@@ -136,6 +136,10 @@ def new_context(model, lc, max_batch: int, context_length: int, batch_tokens: in
     # cache keeps would slow every sequence down (measured: 99 -> 44 tok/s with 15 long prompts kept). Per-sequence
     # streams, as llama-server's parallel slots use, bound each sequence's attention by its own cells.
     params.kv_unified = False
+    # llama.cpp's default (auto) turns flash attention on; on these CPUs it made every token after a long prompt
+    # slow: 20 new tokens after a 1,578-token system prompt took 466-756 ms with it, 86 ms without, for the same
+    # cold prefill and short-context decode (llama-cpp-python's own Llama also leaves it off)
+    params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
     params.n_ctx = context_length * max_batch
     params.n_batch = batch_tokens  # one decode call takes every row we build ...
     params.n_ubatch = prefill_chunk  # ... and llama.cpp computes it in pieces of this size
