@@ -65,7 +65,7 @@ def start_server(root: Path, artifact: Path, format_key: str = "mlx-float16", se
                  port: int | None = None, **env: str) -> Server:
     """`port`: a given one (a server restarted where it was), else a free one."""
     registry = Registry(root / "registry")
-    if not registry.list():  # a restart serves what its registry holds
+    if not registry.list("tiny"):  # a restart serves what its registry holds
         registry.publish("tiny", {format_key: artifact}, serve=serve or SERVE)
     port = port or free_port()
     log = root / "server.log"
