@@ -67,6 +67,8 @@ def main() -> None:
         bound = bandwidth / size
         print(f"{engine:<14}{fmt:<9}{size / 1e6:>11.0f}{prompt_tps:>14.1f}{decode_tps:>14.2f}{bound:>8.1f}"
               f"{decode_tps / bound:>9.0%}")
+    share = next(decode / (bandwidth / size) for engine, fmt, size, _, decode in rows if fmt == "q4_0")
+    print(f"goal: llama.cpp q4_0 decode >= 80% of the bound: {share:.0%} ({'met' if share >= 0.8 else 'NOT met'})")
 
     server_comparison(work, gguf_artifact(work, source, "q4_0"), args.decode_tokens * 4)
 
@@ -160,7 +162,7 @@ def measure_llamacpp(path: Path, prompt_tokens: int, decode_tokens: int) -> tupl
 def server_comparison(work: Path, gguf: Path, max_tokens: int) -> None:
     """Single-stream and 4-stream decode through each server's OpenAI API (the peer: llama_cpp.server)."""
     sys.path.insert(0, str(ROOT / "bench"))
-    from serve import run_level, wait_ready
+    from streams import run_level, wait_ready
 
     registry = Registry(work / "registry")
     registry.publish("bench", {"gguf-q4_0": _dir_with(work, gguf)}, serve={"context_length": 2048})

