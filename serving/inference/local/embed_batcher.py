@@ -2,8 +2,9 @@
 batch, and one runner per model takes up to a batch of queued inputs at a time, whoever sent them, and embeds them
 on the model's own thread (the event loop never waits on the model). While one batch runs, the next one gathers.
 
-One thread per model, always the same: llama.cpp's OpenMP build ran 2.5x slower when its calls came from changing
-threads (measured on all-MiniLM: 160 -> 65 sentences/s at batch 1).
+Always the same thread: llama.cpp's OpenMP build ran 2.5x slower when its calls came from changing threads
+(measured on all-MiniLM: 160 -> 65 sentences/s at batch 1), and the thread is the one every llama.cpp model of the
+process computes on (`engines/compute.py`), since each thread that computes brings its own OpenMP team.
 
 The queue is bounded like the generation scheduler's: a batch's worth of requests plus `queue_size` more may be in
 flight; then `embed` raises `QueueFull` (429). A request whose client left is dropped from the queue.
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from formats.embeddings.runtime import Embedder
+from serving.inference.local.engines import compute
 from serving.inference.types import QueueFull
 
 log = logging.getLogger("factory.serving")
@@ -49,7 +51,7 @@ class EmbeddingBatcher:
     name: str = "model"
     queue: deque[Piece] = field(default_factory=deque)
     runner: asyncio.Task | None = None
-    thread: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "embed"))
+    thread: ThreadPoolExecutor = field(default_factory=compute.executor)
     in_flight: int = 0  # requests queued or being embedded
     # The counters a generation scheduler keeps, for /metrics: inputs in the running batch, inputs queued, tokens
     # generated (none: an embedding model reads tokens only) and model calls.
@@ -120,5 +122,6 @@ class EmbeddingBatcher:
                     job.future.set_result(job.vectors)
 
     def close(self) -> None:
-        """After the last batch: the model's thread ends (called off the event loop, as unloading is)."""
-        self.thread.shutdown(wait=True)
+        """After the last batch (called off the event loop, as unloading is): the compute thread is shared, so wait for
+        what it already holds rather than ending it."""
+        self.thread.submit(lambda: None).result()

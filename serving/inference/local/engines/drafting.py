@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from serving.inference.local.engines.compute import on_compute_thread
 from serving.inference.local.engines.kv_slots import LlamaMemory, SlotCache, new_context
 
 P_MIN = 0.75  # llama.cpp's default draft p-min
@@ -100,7 +101,7 @@ class DraftModel:
                 wants_logits.append((slot, i))
             batch.n_tokens += 1
         try:
-            self.ctx.decode(self.batch)
+            on_compute_thread(self.ctx.decode, self.batch)
         except Exception:
             self.slots.forget_all()
             raise

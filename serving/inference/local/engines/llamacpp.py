@@ -23,6 +23,7 @@ import numpy as np
 
 from formats.gguf.files import gguf_file
 from serving.inference.local.engines.base import Detokenizer, Engine, EngineOptions, StepOutput
+from serving.inference.local.engines.compute import on_compute_thread
 from serving.inference.local.engines.drafting import DraftModel, NgramProposer
 from serving.inference.local.engines.kv_slots import LlamaMemory, SlotCache, new_context
 from serving.inference.local.engines.sampling import adjusted, choose, logprobs
@@ -122,7 +123,8 @@ class LlamaCppEngine(Engine):
     @classmethod
     def load(cls, path: Path, max_batch: int, context_length: int,
              options: EngineOptions = EngineOptions()) -> "LlamaCppEngine":
-        return cls(gguf_file(path), max_batch, context_length, options)
+        # loading repacks weights with OpenMP too: on the one compute thread (compute.py)
+        return on_compute_thread(cls, gguf_file(path), max_batch, context_length, options)
 
     # ------------------------------------------------------------ text
 
@@ -178,7 +180,7 @@ class LlamaCppEngine(Engine):
             if not self._fill_batch():
                 break
             try:
-                self.ctx.decode(self.batch)
+                on_compute_thread(self.ctx.decode, self.batch)
             except Exception:
                 self.slots.forget_all()  # the scheduler fails these sequences; their cells cannot be trusted
                 raise
