@@ -150,7 +150,7 @@ def report(results: dict, peer_name: str, model_label: str, args, raw: float | N
     print("\ngoals (this run)")
     for label, value, direction, target in goals:
         met = value >= target if direction == ">=" else value <= target
-        print(f"  {label:<46} {value:6.2f}  (goal {direction} {target})  {'met' if met else 'NOT met'}")
+        print(f"  {label:<46} {value:6.3f}  (goal {direction} {target})  {'met' if met else 'NOT met'}")
     if raw:
         print(f"  (raw engine single-stream decode: {raw:.1f} tok/s)")
 
