@@ -31,16 +31,63 @@ class SamplingParams:
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[int, float] | None = None
+    # An llguidance grammar (the JSON form `llguidance.LLMatcher.grammar_from_*` returns) every token must keep the
+    # sequence inside; set by the local model from a request's output format or forced tool call, never by a wire
+    # API directly
+    grammar: str | None = None
+
+
+@dataclass
+class Tool:
+    """A function the model may call: its JSON-schema `parameters` (an object schema)."""
+
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: bool = False
+
+
+@dataclass
+class ToolCall:
+    """A call the model made: `arguments` is the JSON text of an object."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass
+class OutputFormat:
+    """A constraint on the generated text: `json_object` (any JSON object) or `json_schema` (one that validates
+    against `schema`)."""
+
+    type: str  # "json_object" | "json_schema"
+    schema: dict[str, Any] | None = None
+    name: str | None = None
+    strict: bool = False
 
 
 @dataclass
 class GenerateRequest:
-    """One generation of `n` sequences from chat messages (rendered by the model's template) or a raw prompt."""
+    """One generation of `n` sequences from chat messages (rendered by the model's template) or a raw prompt.
 
-    messages: list[dict[str, str]] | None = None
+    Chat messages are OpenAI-shaped dicts: `role` (system, user, assistant, tool), `content` (text); an assistant
+    message may carry `tool_calls` ([{"id", "type": "function", "function": {"name", "arguments"}}], arguments a
+    JSON text) and a tool message carries `tool_call_id` (and `name` where the wire API gives it). Every wire API
+    (OpenAI chat, Responses, Anthropic Messages) translates its own history into this shape.
+
+    `tools` reach the chat template; `tool_choice` is "auto", "none", "required" or a function's name (forced calls
+    are grammar-constrained). `suffix`: fill-in-the-middle, with `prompt` as the text before it."""
+
+    messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
     n: int = 1
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    tools: list[Tool] | None = None
+    tool_choice: str = "auto"
+    parallel_tool_calls: bool = True
+    output_format: OutputFormat | None = None
+    suffix: str | None = None
 
     @property
     def input_param(self) -> str:
@@ -104,7 +151,19 @@ class DoneEvent:
     cached_tokens: int | None = None
 
 
-Event = TokenEvent | DoneEvent
+@dataclass
+class ToolCallEvent:
+    """Sequence `index` made a whole tool call (its `call_index`-th). A sequence that made calls ends with
+    finish_reason "tool_calls"."""
+
+    index: int
+    call_index: int
+    call: ToolCall
+    completion_tokens: int = 0
+    cached_tokens: int | None = None
+
+
+Event = TokenEvent | ToolCallEvent | DoneEvent
 
 
 async def queued_events(queue: asyncio.Queue, sequences: int,
