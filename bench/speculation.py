@@ -61,6 +61,33 @@ def raw_decode_tps(gguf: Path, tokens: int) -> float:
     return rate
 
 
+def engine_aggregate_tps(gguf: Path, streams: int, tokens: int) -> float:
+    """Aggregate greedy decode tok/s of this server's llama.cpp engine driven directly (no scheduler, server or
+    client): `streams` sequences in one batch, timed from the step after every prompt has been processed. The
+    ceiling the server's batching can reach on these cores."""
+    from serving.inference.local.engines.llamacpp import LlamaCppEngine
+    from serving.inference.types import SamplingParams
+
+    engine = LlamaCppEngine.load(gguf, max_batch=streams, context_length=2048)
+    params = SamplingParams(max_tokens=tokens, temperature=0, top_p=1.0)
+    prompts = [engine.encode(engine.render_chat([{"role": "user", "content": PROMPT.format(i)}]))
+               for i in range(streams)]
+    for prompt in prompts:
+        engine.insert(prompt, params)
+    produced, started, done = 0, None, 0
+    while done < streams:
+        outputs = engine.step()
+        if started is None and len(outputs) == streams:  # every prompt processed: decode from here on
+            started = time.perf_counter()
+            continue
+        if started is not None:
+            produced += len(outputs)
+        done += sum(output.finish_reason is not None for output in outputs)
+    rate = produced / (time.perf_counter() - started)
+    engine.close()
+    return rate
+
+
 def speculation_rows(work: Path, files: dict[str, Path], max_tokens: int, start_factory) -> list[tuple]:
     """(label, decode tok/s off, on, acceptance rate) per pairing, all in one server."""
     registry = Registry(work / "registry-speculation")
