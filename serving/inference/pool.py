@@ -128,8 +128,10 @@ class ModelPool:
         version = await self.resolve(model_id)
         aliases = [f"{version.name}@{alias}" for alias in version.aliases]
         aliases += [alias for alias, ref in self.routes.items() if ref == version.ref and alias != version.name]
-        info = model_info(model_id, version, await self._serve(version), aliases, loaded=version.ref in self.loaded,
-                          embedding=(await self._manifest(version)).get("embedding"))
+        # off the loop: the first description of a version reads its artifact's tokenizer (capabilities)
+        info = await asyncio.to_thread(model_info, model_id, version, await self._serve(version), aliases,
+                                       loaded=version.ref in self.loaded,
+                                       embedding=(await self._manifest(version)).get("embedding"))
         if base := (await self._manifest(version)).get("lineage", {}).get("base"):
             info.extra["parent"] = base  # a fine-tune names its base, as vLLM does for adapters
         if info.loaded:  # the engine actually running it

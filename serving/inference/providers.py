@@ -212,7 +212,8 @@ class Provider:
                          aliases=[], formats=[], quantization={},
                          context_length=context if isinstance(context, int) else 0, engine="remote",
                          loaded=self.state == HEALTHY,
-                         extra={"owned_by": self.name, "state": self.state, "task": task})
+                         extra={"owned_by": self.name, "state": self.state, "task": task,
+                                "capabilities": upstream_capabilities(listed.get("capabilities"), task)})
 
     # ------------------------------------------------------------ requests
 
@@ -339,6 +340,16 @@ class ProviderSet:
 
     async def stop(self) -> None:
         await asyncio.gather(*(provider.stop() for provider in self.by_name.values()))
+
+
+CAPABILITIES = ("chat", "completions", "tools", "structured_outputs", "fim", "embeddings", "rerank")
+
+
+def upstream_capabilities(listed: Any, task: str) -> list[str]:
+    """What an upstream says its model can do (another llm-factory server says it in our words), else its task's."""
+    if isinstance(listed, list) and all(isinstance(item, str) for item in listed):
+        return [item for item in listed if item in CAPABILITIES]
+    return ["embeddings"] if task == "embedding" else ["chat", "completions"]
 
 
 def describe_error(exc: httpx.HTTPError) -> str:

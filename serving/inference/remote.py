@@ -67,6 +67,8 @@ def wire_request(model: str, request: GenerateRequest) -> tuple[str, dict[str, A
             body.update(logprobs=True, top_logprobs=asked.top_logprobs)
         return "/chat/completions", body
     body["prompt"] = request.prompt
+    if request.suffix is not None:  # fill-in-the-middle: the upstream's own model decides whether it can
+        body["suffix"] = request.suffix
     if asked.logprobs:
         body["logprobs"] = asked.top_logprobs
     return "/completions", body

@@ -31,6 +31,9 @@ class SamplingParams:
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[int, float] | None = None
+    # Tokens that end the sequence ("stop") besides the engine's own end of sequence: set by the local model (e.g.
+    # fill-in-the-middle's end tokens), never by a wire API
+    stop_tokens: tuple[int, ...] = ()
     # An llguidance grammar (the JSON form `llguidance.LLMatcher.grammar_from_*` returns) every token must keep the
     # sequence inside; set by the local model from a request's output format or forced tool call, never by a wire
     # API directly

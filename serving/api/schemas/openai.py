@@ -3,10 +3,11 @@
 
 Every field is bounded by its type, so bad input is a 400 before anything reaches a model, and the OpenAPI document
 (generated from these models) states each bound. Bounds are OpenAI's where it documents one (temperature, top_p,
-penalties, stop, logit_bias values, top_logprobs, logprobs, seed); elsewhere they are this server's: `n` (OpenAI
-allows 128; a request's sequences share one decode batch here) and sizes far beyond any real request (the context
-length and the body limit refuse sooner). What this server does not implement (tools, echo, suffix, best_of > 1,
-structured output) is typed as the one value it accepts, and refused in words.
+penalties, logit_bias values, top_logprobs, logprobs, seed); elsewhere they are this server's: `n` (OpenAI
+allows 128; a request's sequences share one decode batch here), `stop` (OpenAI allows 4; editors send more) and
+sizes far beyond any real request (the context length and the body limit refuse sooner). What this server does
+not implement (tools, echo, best_of > 1, structured output) is typed as the one value it accepts, and refused in
+words.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ MAX_TEXT = 1 << 20  # characters in one message or prompt (the body limit, 8 MiB
 MAX_MESSAGES = 2048
 MAX_NAME = 256  # model ids, participant names
 MAX_STOP = 256  # characters in one stop string (matching holds back up to that much text)
+MAX_STOPS = 32  # stop strings in one request
 MAX_TOKENS = 1 << 20  # no model here has a context this long; each model refuses what exceeds its own
 MAX_LOGIT_BIAS = 300  # biased tokens
 
@@ -82,7 +84,9 @@ class GenerationRequest(Lenient):
     temperature: Temperature | None = None
     top_p: TopP | None = None
     max_tokens: MaxTokens | None = None
-    stop: Stop | Annotated[list[Stop], Field(max_length=4)] | None = None  # OpenAI: up to 4
+    # OpenAI allows 4; editors send more to local servers (Continue's autocomplete: its FIM template's end tokens,
+    # blank lines, ``` and the language's stop words), and llama-server and vLLM take them
+    stop: Stop | Annotated[list[Stop], Field(max_length=MAX_STOPS)] | None = None
     seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None  # 64 bits, signed (OpenAI's) or unsigned
     n: Annotated[int, Field(ge=1, le=8)] = 1
     presence_penalty: Penalty | None = None
@@ -150,12 +154,13 @@ class CompletionRequest(GenerationRequest):
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
     echo: Annotated[Literal[False], unsupported("not supported by this server",
                                                 accepts=lambda value: value is not True)] = False
-    suffix: Annotated[Annotated[str, Field(max_length=0)] | None, unsupported(
-        "insertion (fill-in-the-middle) is not supported by this server", accepts=lambda value: not value)] = None
+    suffix: Annotated[Text | None, Field(description="fill-in-the-middle: the text after the insertion point "
+                                                     "(`prompt` is the text before it); needs a model whose "
+                                                     "capabilities list `fim`")] = None
     best_of: Annotated[Literal[1] | None, unsupported("only 1 is supported",
                                                       accepts=lambda value: value in (None, 1))] = None
 
     def generate_request(self) -> GenerateRequest:
         prompt = self.prompt[0] if isinstance(self.prompt, list) else self.prompt
-        return super().generate_request(prompt=prompt, max_tokens=self.max_tokens,
+        return super().generate_request(prompt=prompt, suffix=self.suffix, max_tokens=self.max_tokens,
                                         logprobs=self.logprobs is not None, top_logprobs=self.logprobs or 0)

@@ -183,6 +183,7 @@ class ModelEmbedding(Shape):
 
 
 ProviderState = Literal["NOT_CONFIGURED", "UNHEALTHY", "HEALTHY"]
+Capability = Literal["chat", "completions", "tools", "structured_outputs", "fim", "embeddings", "rerank"]
 
 
 class Model(Shape):
@@ -204,6 +205,12 @@ class Model(Shape):
     task: Literal["chat", "embedding"] = Field(description="chat (and completions), or embedding (/v1/embeddings, "
                                                            "/v1/rerank)")
     embedding: ModelEmbedding | None = Field(None, description="an embedding model's vectors and limits")
+    capabilities: list[Capability] = Field(description="what it serves: chat, completions, tools, structured_outputs "
+                                                       "and fim (fill-in-the-middle: `suffix` on /v1/completions) for "
+                                                       "a chat model; embeddings and rerank for an embedding model")
+    tool_template: Literal["native", "fallback"] | None = Field(
+        None, description="a local chat model: whether its chat template renders tools itself (native) or the "
+                          "server's tool prompt describes them (fallback); either way it takes tools")
 
 
 class ModelList(Shape):

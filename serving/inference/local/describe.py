@@ -1,11 +1,13 @@
 """What a registry version says about itself to clients: formats with readable quantization labels, the context
-length, the engine this host would serve it with, and its task: `chat`, or `embedding` with the vectors it makes."""
+length, the engine this host would serve it with, its task (`chat`, or `embedding` with the vectors it makes) and
+its capabilities (`capabilities.py`: read from the artifact's files, never by loading it)."""
 from __future__ import annotations
 
 from typing import Any
 
 from factory.registry import Version
 from factory.spec import Serve
+from serving.inference.local.capabilities import EMBEDDING, chat_capabilities
 from serving.inference.local.select import NoEngine, select_artifact, select_embedding_artifact
 from serving.inference.types import ModelInfo
 
@@ -20,7 +22,7 @@ def model_info(model_id: str, version: Version, serve: Serve, aliases: list[str]
                      created=version.created, aliases=aliases, formats=version.formats,
                      quantization={key: quantization_label(key) for key in version.formats},
                      context_length=context, engine=engine_name(version, serve, embedding is not None), loaded=loaded,
-                     extra=task_fields(embedding, context))
+                     extra=task_fields(embedding, context) | capability_fields(version, serve, embedding))
 
 
 def task_fields(embedding: dict[str, Any] | None, context: int) -> dict[str, Any]:
@@ -31,6 +33,20 @@ def task_fields(embedding: dict[str, Any] | None, context: int) -> dict[str, Any
         "dimensions": embedding["dimensions"], "allowed_dimensions": embedding["allowed_dimensions"],
         "pooling": embedding["pooling"], "normalized": embedding["normalize"], "max_input_tokens": context,
         "max_inputs": embedding["max_inputs"]}}
+
+
+def capability_fields(version: Version, serve: Serve, embedding: dict[str, Any] | None) -> dict[str, Any]:
+    """`capabilities`, and for a chat model `tool_template` (native: its template renders tools; fallback: the
+    server's own tool prompt does)."""
+    if embedding is not None:
+        return {"capabilities": list(EMBEDDING)}
+    try:
+        engine, key = select_artifact(version, serve.engine)
+        artifact, family = version.artifact(key), engine.family
+    except NoEngine:  # nothing here runs it: what a chat model does, without what its vocabulary would add
+        artifact, family = None, None
+    capabilities, tool_template = chat_capabilities(artifact, family)
+    return {"capabilities": capabilities, "tool_template": tool_template}
 
 
 def engine_name(version: Version, serve: Serve, embeds: bool = False) -> str | None:

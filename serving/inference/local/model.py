@@ -16,6 +16,7 @@ from factory.registry import Version
 from factory.spec import Serve
 from serving.inference.local.describe import model_info
 from serving.inference.local.engines.base import Engine
+from serving.inference.local.fim import fim_stop_tokens
 from serving.inference.local.prompts import prompt_tokens
 from serving.inference.local.scheduler import Generation, Scheduler
 from serving.inference.types import (EmbedRequest, Embeddings, Event, GenerateRequest, InvalidRequest, ModelInfo,
@@ -54,6 +55,8 @@ class LocalModel:
         arrived = time.perf_counter()  # the time to first token counts rendering and tokenizing too
         prompt = await asyncio.to_thread(prompt_tokens, self.engine, request, self.serve.context_length)
         params = self._sampling(request, len(prompt))
+        if request.suffix is not None and (stops := fim_stop_tokens(self.engine)):
+            params = [replace(p, stop_tokens=p.stop_tokens + stops) for p in params]  # the middle's end (fim.py)
         events: asyncio.Queue = asyncio.Queue()
         generations = self.scheduler.submit(prompt, params, events, arrived)
         return LocalStream(self, generations, events, len(prompt))

@@ -12,6 +12,7 @@ message's text as plain text. Requests without such text are tokenized whole, ex
 from __future__ import annotations
 
 from serving.inference.local.engines.base import Engine
+from serving.inference.local.fim import fim_prompt
 from serving.inference.types import GenerateRequest, InvalidRequest
 
 PLACEHOLDER = "\ue000{}\ue001"  # private-use characters: no template or client text holds them by accident
@@ -19,7 +20,10 @@ PLACEHOLDER = "\ue000{}\ue001"  # private-use characters: no template or client 
 
 def prompt_tokens(engine: Engine, request: GenerateRequest, context_length: int) -> list[int]:
     refuse_what_cannot_fit(engine, request, context_length)
-    if request.messages is None:
+    infill = None if request.suffix is None else fim_prompt(engine, request.prompt or "", request.suffix)
+    if infill is not None:
+        tokens = infill  # fill-in-the-middle (fim.py): the client's prefix and suffix as plain text
+    elif request.messages is None:
         # A raw prompt is the client's own template: its control tokens are meant (as llama-server and vLLM read it)
         tokens = engine.encode(request.prompt or "")
     else:
@@ -30,7 +34,8 @@ def prompt_tokens(engine: Engine, request: GenerateRequest, context_length: int)
 
 
 def refuse_what_cannot_fit(engine: Engine, request: GenerateRequest, context_length: int) -> None:
-    texts = [m["content"] for m in request.messages] if request.messages is not None else [request.prompt or ""]
+    texts = ([m["content"] for m in request.messages] if request.messages is not None
+             else [request.prompt or "", request.suffix or ""])
     least = max(len(texts) if request.messages is not None else 0,
                 sum(len(text) for text in texts) // max(engine.max_token_chars, 1))
     if least >= context_length:

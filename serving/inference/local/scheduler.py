@@ -165,6 +165,11 @@ class Scheduler:
             if output.finish_reason == "stop":  # the end-of-sequence token itself is not text
                 self._finish(generation, "stop")
                 continue
+            if output.token in generation.params.stop_tokens:  # an end token the engine does not stop on itself
+                if output.finish_reason is None:
+                    self.engine.remove([output.uid])
+                self._finish(generation, "stop")
+                continue
             generation.completion_tokens += 1
             produced += 1
             self.metrics.token(generation.completion_tokens == 1, now - generation.arrived)
