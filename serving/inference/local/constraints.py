@@ -5,9 +5,9 @@
   the grammar without a model, so a grammar llguidance refuses is an `InvalidRequest` (a 400) before anything is
   queued.
 - `Vocabulary`: a model's tokens as llguidance sees them (an `LLTokenizer`, built once per loaded model, lazily on
-  its first constrained request: ~1 s, so unconstrained loading costs nothing) and the width of its logits rows.
-- `Constraint`: one sequence's matcher. Before sampling, `allowed()` is the token mask (a boolean row as wide as
-  the logits); after sampling, `consume(token)` advances it; `done` says the grammar is complete, so the engine
+  its first constrained request: up to ~1 s, so unconstrained loading costs nothing).
+- `Constraint`: one sequence's matcher. Before sampling, `allowed(width)` is the token mask (a boolean row as wide
+  as the logits: padded rows past the tokenizer's vocabulary are never allowed); after sampling, `consume(token)` advances it; `done` says the grammar is complete, so the engine
   ends the sequence ("stop") instead of letting it run to max_tokens. A matcher that errs (no token can continue,
   a token it refuses) raises `ConstraintError`, and the engine ends that sequence alone with an error.
 
@@ -16,7 +16,7 @@ can emit blanks until max_tokens and never close the object.
 """
 from __future__ import annotations
 
-import json
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -69,26 +69,14 @@ def _checked(grammar: str, what: str, param: str) -> str:
     return grammar
 
 
-def describe(grammar: str) -> str:
-    """A short text naming the grammar's kind, for logs."""
-    try:
-        kinds = [key for entry in json.loads(grammar).get("grammars", []) for key, value in entry.items()
-                 if value is not None and key != "name"]
-    except (ValueError, AttributeError):
-        return "grammar"
-    return "+".join(kinds) or "grammar"
-
-
 # ------------------------------------------------------------ per model
 
 
 class Vocabulary:
-    """A loaded model's llguidance tokenizer, made on first use by `build` (which costs about a second), and the
-    width of its logits rows (which may exceed the tokenizer's vocabulary: padded embedding rows are never
-    allowed)."""
+    """A loaded model's llguidance tokenizer, made on first use by `build` (which can take about a second)."""
 
-    def __init__(self, build: Callable[[], Any], logits_width: int):
-        self.build, self.logits_width = build, logits_width
+    def __init__(self, build: Callable[[], Any]):
+        self.build = build
         self._tokenizer = None
 
     @property
@@ -106,7 +94,9 @@ def llamacpp_tokenizer(vocab, n_vocab: int, end_tokens: Iterable[int]):
     token ends a grammar (not only the vocabulary's EOS: chat models end turns with their own token)."""
     from llguidance.llamacpp import lltokenizer_from_vocab
 
-    return lltokenizer_from_vocab(vocab, n_vocab=n_vocab, eos_token=sorted(end_tokens))
+    with warnings.catch_warnings():  # it calls llama_token_get_attr, which llama-cpp-python now calls deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return lltokenizer_from_vocab(vocab, n_vocab=n_vocab, eos_token=sorted(end_tokens))
 
 
 def hf_tokenizer(tokenizer, end_tokens: Iterable[int]):
@@ -131,7 +121,6 @@ class Constraint:
             raise InvalidRequest(f"the grammar cannot be used: {self.matcher.get_error()}", param="response_format",
                                  code="invalid_schema")
         self.tokens = tokenizer.vocab_size  # tokens the matcher knows: ids from 0
-        self.width = vocabulary.logits_width
         self.bits = np.zeros((self.tokens + 31) // 32, dtype=np.int32)
         self.error: str | None = None
 
@@ -140,20 +129,20 @@ class Constraint:
         """The grammar is complete: no token but the end of the sequence could follow."""
         return self.matcher.is_stopped()
 
-    def allowed(self) -> np.ndarray:
-        """The tokens that keep the sequence in its grammar, as a boolean row as wide as the logits."""
+    def allowed(self, width: int) -> np.ndarray:
+        """The tokens that keep the sequence in its grammar, as a boolean row `width` wide (the logits')."""
         self.matcher.unsafe_compute_mask_ptr(self.bits.ctypes.data, self.bits.nbytes)
         self._check()
-        allowed = np.unpackbits(self.bits.view(np.uint8), bitorder="little", count=min(self.tokens, self.width))
-        if self.width > allowed.shape[0]:
-            allowed = np.concatenate([allowed, np.zeros(self.width - allowed.shape[0], dtype=np.uint8)])
+        allowed = np.unpackbits(self.bits.view(np.uint8), bitorder="little", count=min(self.tokens, width))
+        if width > allowed.shape[0]:
+            allowed = np.concatenate([allowed, np.zeros(width - allowed.shape[0], dtype=np.uint8)])
         if not allowed.any():
             self._fail("no token of this vocabulary can continue the grammar")
         return allowed.view(bool)
 
     def mask(self, logits: np.ndarray) -> np.ndarray:
         """A copy of a logits row with every token outside the grammar at -inf."""
-        return np.where(self.allowed(), logits, -np.inf).astype(logits.dtype, copy=False)
+        return np.where(self.allowed(logits.shape[-1]), logits, -np.inf).astype(logits.dtype, copy=False)
 
     def consume(self, token: int) -> None:
         if not self.matcher.consume_token(token):

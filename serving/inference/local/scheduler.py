@@ -165,6 +165,9 @@ class Scheduler:
             if output.finish_reason == "stop":  # the end-of-sequence token itself is not text
                 self._finish(generation, "stop")
                 continue
+            if output.finish_reason == "error":  # this sequence alone failed (its grammar could not continue)
+                self._finish(generation, "error", error=output.error)
+                continue
             if output.token in generation.params.stop_tokens:  # an end token the engine does not stop on itself
                 if output.finish_reason is None:
                     self.engine.remove([output.uid])

@@ -16,7 +16,9 @@ from serving.inference.types import SamplingParams
 class StepOutput:
     uid: int
     token: int
-    finish_reason: str | None  # "stop" (an end-of-sequence token) or "length"; None while generating
+    # "stop" (an end-of-sequence token, or a grammar completed), "length", or "error" (the sequence alone failed:
+    # `error` says why, and `token` is not part of its text); None while generating
+    finish_reason: str | None
     logprob: float | None = None
     top_logprobs: list[tuple[int, float]] | None = None
     # On a sequence's first output: how many of its prompt tokens came from the prefix cache (KV state reused)
@@ -26,6 +28,7 @@ class StepOutput:
     speculation: str | None = None
     drafted: int = 0
     accepted: int = 0
+    error: str | None = None
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from formats.gguf.files import gguf_file
+from serving.inference.local.constraints import Constraint, Vocabulary, llamacpp_tokenizer
 from serving.inference.local.engines.base import Detokenizer, Engine, EngineOptions, StepOutput
 from serving.inference.local.engines.compute import on_compute_thread
+from serving.inference.local.engines.constrained import failed, masked, settle
 from serving.inference.local.engines.drafting import DraftModel, NgramProposer
 from serving.inference.local.engines.kv_slots import LlamaMemory, SlotCache, new_context
 from serving.inference.local.engines.sampling import adjusted, choose, logprobs
@@ -77,6 +79,7 @@ class Sequence:
     method: str | None = None  # who drafted them
     budget: int = 0  # most drafts next step: grows while drafts are accepted, shrinks when rejected
     batch_index: int = -1  # where this sequence's first logits row is in the current batch (-1: none this step)
+    constraint: Constraint | None = None  # its grammar's matcher (constrained decoding)
 
     @property
     def tokens(self) -> list[int]:
@@ -111,6 +114,7 @@ class LlamaCppEngine(Engine):
             template=metadata.get("tokenizer.chat_template", "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"),
             eos_token=self.token_text(eos) if eos >= 0 else "", bos_token=self.token_text(bos) if bos >= 0 else "")
         self.slots = SlotCache(LlamaMemory(self.ctx), max_batch, enabled=options.prefix_cache)
+        self.vocabulary = Vocabulary(lambda: llamacpp_tokenizer(self.vocab, self.n_vocab, self.end_tokens))
         self.ngram = NgramProposer() if options.prompt_lookup else None
         self.draft = None
         if options.draft is not None:
@@ -152,6 +156,10 @@ class LlamaCppEngine(Engine):
     def detokenizer(self) -> Detokenizer:
         return Utf8Detokenizer(lambda token: self.piece(token, special=False))
 
+    @cached_property
+    def end_tokens(self) -> list[int]:
+        return [token for token in range(self.n_vocab) if self.lc.llama_vocab_is_eog(self.vocab, token)]
+
     def token_text(self, token: int) -> str:
         return self.piece(token, special=True).decode("utf-8", errors="replace")
 
@@ -168,7 +176,8 @@ class LlamaCppEngine(Engine):
 
     def insert(self, prompt: list[int], params: SamplingParams) -> int:
         uid, self.next_uid = self.next_uid, self.next_uid + 1
-        self.waiting.append(Sequence(uid=uid, prompt=list(prompt), params=params,
+        constraint = self.vocabulary.constraint(params.grammar) if params.grammar else None
+        self.waiting.append(Sequence(uid=uid, prompt=list(prompt), params=params, constraint=constraint,
                                      rng=np.random.default_rng(params.seed), budget=self.options.draft_tokens))
         return uid
 
@@ -229,7 +238,7 @@ class LlamaCppEngine(Engine):
             # every accepted draft is a token, and the model adds one of its own: stay within max_tokens (and so
             # within the context)
             room = min(most, sequence.budget, sequence.params.max_tokens - len(sequence.generated) - 1)
-            if room <= 0:
+            if room <= 0 or sequence.constraint is not None:  # constrained sequences never draft (constrained.py)
                 continue
             if self.ngram is not None and (found := self.ngram.propose(sequence.tokens, room)):
                 sequence.drafts, sequence.method = found, self.ngram.method
@@ -281,8 +290,11 @@ class LlamaCppEngine(Engine):
             pointer = self.lc.llama_get_logits_ith(self.ctx.ctx, sequence.batch_index + row)
             logits = adjusted(np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)), sequence.params,
                               sequence.generated)
+            if sequence.constraint is not None and (logits := masked(sequence.constraint, logits)) is None:
+                outputs.append(failed(sequence.uid, sequence.constraint))
+                break
             token, taken = choose(logits, sequence.params, sequence.rng, draft)
-            outputs.append(self._emit(sequence, token, logits))
+            outputs += self._emit(sequence, token, logits)
             if outputs[-1].finish_reason is not None or not taken:
                 break
             accepted += 1
@@ -305,7 +317,7 @@ class LlamaCppEngine(Engine):
             self._release(sequence)
         return outputs
 
-    def _emit(self, sequence: Sequence, token: int, logits: np.ndarray) -> StepOutput:
+    def _emit(self, sequence: Sequence, token: int, logits: np.ndarray) -> list[StepOutput]:
         sequence.generated.append(token)
         finish = None
         if self.lc.llama_vocab_is_eog(self.vocab, token):
@@ -315,7 +327,9 @@ class LlamaCppEngine(Engine):
         output = StepOutput(uid=sequence.uid, token=token, finish_reason=finish)
         if sequence.params.logprobs:
             output.logprob, output.top_logprobs = logprobs(logits, token, sequence.params.top_logprobs)
-        return output
+        if sequence.constraint is not None:
+            return settle(sequence.constraint, output, self.end_tokens[0])
+        return [output]
 
     def _release(self, sequence: Sequence) -> None:
         if sequence.slot >= 0:

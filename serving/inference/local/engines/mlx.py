@@ -7,10 +7,13 @@ bounded in entries and bytes, least recently used first.
 """
 from __future__ import annotations
 
+import math
 from functools import cached_property
 from pathlib import Path
 
+from serving.inference.local.constraints import Constraint, Vocabulary, hf_tokenizer
 from serving.inference.local.engines.base import Detokenizer, Engine, EngineOptions, StepOutput
+from serving.inference.local.engines.constrained import mlx_processor, settle
 from serving.inference.types import SamplingParams
 
 CACHE_ENTRIES = 16  # sequences' KV caches kept for reuse (mlx_lm.server keeps 10)
@@ -46,6 +49,8 @@ class MlxEngine(Engine):
         self.wants_logprobs: dict[int, int] = {}  # uid -> how many top logprobs (0 = just the token's)
         self.prompt_cache = LRUPromptCache(CACHE_ENTRIES, CACHE_BYTES) if options.prefix_cache else None
         self.cached: dict[int, int] = {}  # uid -> prompt tokens reused, until its first output reports it
+        self.vocabulary = Vocabulary(lambda: hf_tokenizer(tokenizer._tokenizer, tokenizer.eos_token_ids))
+        self.constraints: dict[int, Constraint] = {}  # uid -> its grammar's matcher (constrained decoding)
 
     @classmethod
     def load(cls, path: Path, max_batch: int, context_length: int,
@@ -80,18 +85,27 @@ class MlxEngine(Engine):
     def token_text(self, token: int) -> str:
         return self.tokenizer.decode([token])
 
+    @cached_property
+    def end_token(self) -> int:
+        return min(self.tokenizer.eos_token_ids)
+
     def insert(self, prompt: list[int], params: SamplingParams) -> int:
         from mlx_lm.sample_utils import make_logits_processors
 
         processors = make_logits_processors(logit_bias=params.logit_bias,
                                             presence_penalty=params.presence_penalty,
                                             frequency_penalty=params.frequency_penalty)
+        constraint = self.vocabulary.constraint(params.grammar) if params.grammar else None
+        if constraint is not None:  # the grammar's mask last: after bias and penalties, before sampling
+            processors.append(mlx_processor(constraint))
         cache, reused = self._nearest_cache(prompt)
         [uid] = self.batch.insert([prompt[reused:]], max_tokens=[params.max_tokens], caches=[cache],
                                   all_tokens=[prompt[:reused]], samplers=[_sampler(params)],
                                   logits_processors=[processors])
         if params.logprobs:
             self.wants_logprobs[uid] = params.top_logprobs
+        if constraint is not None:
+            self.constraints[uid] = constraint
         self.cached[uid] = reused
         return uid
 
@@ -103,10 +117,16 @@ class MlxEngine(Engine):
             top = self.wants_logprobs.get(response.uid)
             if top is not None:
                 output.logprob, output.top_logprobs = _logprobs(response.logprobs, response.token, top)
+            produced = [output]
+            if response.uid in self.constraints:  # its processor already consumed the token (constrained.py)
+                produced = settle(self.constraints[response.uid], output, self.end_token, consumed=True)
             if response.finish_reason is not None:
                 self.wants_logprobs.pop(response.uid, None)
+                self.constraints.pop(response.uid, None)
                 self._keep(response.all_tokens, response.prompt_cache)
-            outputs.append(output)
+            elif produced[-1].finish_reason is not None:  # its grammar ended it: out of the batch now
+                self.remove([response.uid])
+            outputs += produced
         return outputs
 
     def remove(self, uids: list[int]) -> None:
@@ -116,6 +136,7 @@ class MlxEngine(Engine):
         for uid in uids:
             self.wants_logprobs.pop(uid, None)
             self.cached.pop(uid, None)
+            self.constraints.pop(uid, None)
 
     def _nearest_cache(self, prompt: list[int]) -> tuple[list | None, int]:
         """The cached KV state that covers most of `prompt` (a copy: entries stay for other prompts) and how many
@@ -174,4 +195,5 @@ def _logprobs(logprobs, token: int, top: int) -> tuple[float, list[tuple[int, fl
         return chosen, []
     best = mx.argpartition(-logprobs, kth=top - 1)[:top]
     values = logprobs[best].tolist()
-    return chosen, sorted(zip(best.tolist(), values), key=lambda pair: -pair[1])
+    # a grammar's mask leaves fewer than `top` tokens possible: the impossible ones are not alternatives
+    return chosen, sorted(((t, v) for t, v in zip(best.tolist(), values) if v > -math.inf), key=lambda pair: -pair[1])

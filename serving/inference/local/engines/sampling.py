@@ -65,4 +65,6 @@ def logprobs(logits: np.ndarray, token: int, top: int) -> tuple[float, list[tupl
     shifted = logits.astype(np.float64) - logits.max()
     values = shifted - np.log(np.exp(shifted).sum())
     best = np.argpartition(-values, top)[:top] if top else []
-    return float(values[token]), sorted(((int(t), float(values[t])) for t in best), key=lambda pair: -pair[1])
+    # a grammar's mask leaves fewer than `top` tokens possible: the impossible ones are not alternatives
+    return float(values[token]), sorted(((int(t), float(values[t])) for t in best if np.isfinite(values[t])),
+                                        key=lambda pair: -pair[1])
