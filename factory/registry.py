@@ -220,6 +220,12 @@ class Registry:
             rows = db.execute("SELECT alias, version FROM aliases WHERE name = ? ORDER BY alias", (name,))
             return dict(rows.fetchall())
 
+    def alias_moves(self) -> list[tuple[int, str, str, int, float]]:
+        """The alias log, oldest first: (seq, name, alias, version, moved_at). A rollback deletes the alias's last
+        move, so watchers tell a rollback by a seq that disappeared (seqs are never reused)."""
+        with self._connect() as db:
+            return db.execute("SELECT seq, name, alias, version, moved_at FROM alias_moves ORDER BY seq").fetchall()
+
     def generation(self) -> int:
         """A counter that changes on every publish, promote and rollback: cheap to poll for watchers."""
         with self._connect() as db:

@@ -36,6 +36,9 @@ EMBED_BATCH = 32  # inputs an embedding model embeds per call, across concurrent
 
 # (version, its serving settings, max batch[, its draft model's version]) -> (a loaded engine, the artifact it serves)
 EngineLoader = Callable[..., tuple[Engine, str]]
+# (event type, its fields): model.loading {ref}, model.loaded {ref, bytes, seconds, artifact}, model.unloaded
+# {ref, bytes}; for a live event feed (serving/events)
+PoolListener = Callable[..., None]
 
 
 def load_engine(version: Version, serve: Serve, max_batch: int,
@@ -69,6 +72,14 @@ class ModelPool:
         self.listed: list[str] = []  # what /v1/models shows
         self.generation = -1
         self.watcher = RegistryWatcher(self, config.poll_s)
+        self.listeners: list[PoolListener] = []
+
+    def _tell(self, type_: str, **fields: Any) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(type_, **fields)
+            except Exception:  # a listener's bug must not fail a load
+                log.exception("pool listener failed")
 
     async def start(self) -> None:
         await self.watcher.start()
@@ -188,6 +199,7 @@ class ModelPool:
         manifest = await self._manifest(version)
         serve = await self._serve(version)
         started = time.monotonic()
+        self._tell("model.loading", ref=version.ref)
         draft = [await self._draft(version, serve)] if serve.draft else []
         engine, artifact = await asyncio.to_thread(self.engine_loader, version, serve, self.config.max_batch, *draft)
         nbytes = sum(entry["size"] for entry in manifest["artifacts"][artifact]["files"].values())
@@ -199,7 +211,9 @@ class ModelPool:
                                scheduler=Scheduler(engine, self.config.max_batch, self.config.queue_size, version.ref))
         self.loaded[version.ref] = model
         metrics.model_loaded(version.ref, nbytes)
-        log.info("loaded %s (%s, %.1f MB) in %.2fs", version.ref, artifact, nbytes / 1e6, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        log.info("loaded %s (%s, %.1f MB) in %.2fs", version.ref, artifact, nbytes / 1e6, seconds)
+        self._tell("model.loaded", ref=version.ref, bytes=nbytes, seconds=round(seconds, 3), artifact=artifact)
         self.evict(keep=model)
         return model
 
@@ -246,6 +260,7 @@ class ModelPool:
         if self.loaded.pop(model.ref, None) is None:
             return
         metrics.model_unloaded(model.ref, model.nbytes)
+        self._tell("model.unloaded", ref=model.ref, bytes=model.nbytes)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
