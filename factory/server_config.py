@@ -145,6 +145,8 @@ class ServerConfig(Strict):
     workers: int = Field(1, ge=1, le=64, description="gunicorn workers; each loads its own copy of the models")
     root: Path = Field(Path(".factory"), description="the factory root: registry, uploaded files, keys, limits")
     registry: Path | None = Field(None, description="the registry to serve (default: ROOT/registry)")
+    specs: Path | None = Field(None, description="where specs added through the API (and the web UI) are written "
+                                                 "and built from (default: ROOT/specs, as `factory serve FILE`)")
     models: ModelsConfig = ModelsConfig()
     requests: RequestsConfig = RequestsConfig()
     auth: AuthConfig = AuthConfig()
@@ -170,6 +172,10 @@ class ServerConfig(Strict):
     @property
     def files(self) -> Path:
         return self.root / "files"
+
+    @property
+    def specs_dir(self) -> Path:
+        return self.specs or self.root / "specs"
 
 
 # The factory's own variables for the two paths every command shares (factory.settings reads them too).

@@ -27,6 +27,12 @@ from serving.api.resources.health import Health, Ready
 from serving.api.resources.metrics import Metrics
 from serving.api.resources.models import Models
 from serving.api.resources.providers import Providers
+from serving.api.live import GenerationEvents
+from serving.api.resources.add_model import Specs, Uploads
+from serving.api.resources.builds import Builds, LossCurve
+from serving.api.resources.events import EventsSocket, EventTickets
+from serving.api.resources.hub import HubModels
+from serving.api.resources.registry import RegistryModels
 from serving.api.resources.openapi import SWAGGER_UI, DocsPage, OpenAPIDocument
 from serving.api.schemas.openai import ChatCompletionRequest, CompletionRequest
 from serving.api.transport import GuardedTransport
@@ -34,7 +40,9 @@ from serving.inference.cache import ResponseCache
 from serving.inference.catalog import Catalog
 from serving.inference.handle import ModelCatalog
 from serving.inference.providers import ProviderSet
+from serving.events.feed import LiveFeed
 from serving.jobs import FineTuneJobs
+from serving.jobs.builds import PrefectBuilds
 
 
 # What a web page may read of a response: its request id, why to wait, whether it came from the cache, and how much
@@ -51,6 +59,7 @@ def create_app(config: ServerConfig | None = None, *, models: ModelCatalog | Non
         from serving.inference.pool import ModelPool
 
         models = ModelPool(Registry(config.registry_root), config.models)
+    pool = models  # the local models, whose loads and unloads the live feed tells
     if not isinstance(models, Catalog):  # a test may hand in a Catalog of its own (providers over in-process apps)
         models = Catalog(models, ProviderSet(config.providers))
     cache = ResponseCache(config.cache) if config.cache.enabled else None
@@ -61,8 +70,10 @@ def create_app(config: ServerConfig | None = None, *, models: ModelCatalog | Non
     body_limit = BodyLimit(config.requests.max_body_bytes, config.requests.max_upload_bytes)
     keys = Auth(KeyStore(config.root), config.auth.keys)  # keys -> principal, then its per-key limits
     router = falcon.routing.CompiledRouter()  # RequestMetrics names the route of a request refused before routing
+    registry, builds = Registry(config.registry_root), PrefectBuilds()
+    feed = LiveFeed(config.root, registry, models, pool, jobs, builds, config.models.poll_s)  # WebSocket /v1/events
     middleware = [RequestContext(), RequestMetrics(router), keys, RateLimits(open_store(config.root, config.limits)),
-                  body_limit, Lifecycle(models)]
+                  body_limit, Lifecycle(models), feed, GenerationEvents(feed.hub)]
     if config.cors.origins:
         middleware.insert(0, falcon.CORSMiddleware(allow_origins=list(config.cors.origins),
                                                    expose_headers=EXPOSED_HEADERS))
@@ -97,6 +108,25 @@ def create_app(config: ServerConfig | None = None, *, models: ModelCatalog | Non
     app.add_route("/v1/fine_tuning/jobs/{job_id}", tuning, suffix="one")
     app.add_route("/v1/fine_tuning/jobs/{job_id}/events", tuning, suffix="events")
     app.add_route("/v1/fine_tuning/jobs/{job_id}/cancel", tuning, suffix="cancel")
+
+    # the web UI's API (docs/ui-api.md): live events, the registry catalog, builds, adding models
+    app.add_route("/v1/events", EventsSocket(feed.hub, keys.keys, config.auth.keys))
+    app.add_route("/v1/events/tickets", EventTickets(feed.hub))
+    catalog = RegistryModels(registry)
+    app.add_route("/v1/registry/models", catalog)
+    app.add_route("/v1/registry/models/{name}", catalog, suffix="one")
+    app.add_route("/v1/admin/registry/models/{name}/promote", catalog, suffix="promote")
+    app.add_route("/v1/admin/registry/models/{name}/rollback", catalog, suffix="rollback")
+    build_routes = Builds(builds, config.specs_dir)
+    app.add_route("/v1/builds", build_routes)
+    app.add_route("/v1/builds/{build_id}", build_routes, suffix="one")
+    app.add_route("/v1/admin/builds", build_routes, suffix="start")
+    app.add_route("/v1/fine_tuning/jobs/{job_id}/loss", LossCurve(jobs))
+    hub = HubModels()
+    app.add_route("/v1/hub/models", hub)
+    app.add_route("/v1/hub/files/{repo_id:path}", hub, suffix="files")
+    app.add_route("/v1/admin/specs", Specs(builds, config.specs_dir))
+    app.add_route("/v1/admin/uploads", Uploads(builds, config.specs_dir, config.root / "uploads"))
 
     document = OpenAPIDocument(app)  # generated from the routes above, on first request
     app.add_route("/openapi.json", document)

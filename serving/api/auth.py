@@ -5,8 +5,11 @@ Which routes need which scope (`admin` may do everything):
     /health, /ready, /openapi.json, /docs       open (probes and the API's own description)
     /v1/files..., /v1/fine_tuning/..., /fine-tune   fine-tune
     every other /v1/... route, /chat            inference (models, chat, completions, embeddings, ...)
-    /metrics                                    admin (Prometheus can send a bearer token)
+    /metrics, /v1/admin/...                     admin (Prometheus can send a bearer token; the UI's changes)
     anything else (an unknown path, static UI)  open: it serves nothing of the API
+
+The WebSocket /v1/events never passes through here (Falcon runs HTTP middleware for HTTP only): it checks the
+single-use ticket that POST /v1/events/tickets (inference scope) issued (serving/api/resources/events.py).
 
 Keys are required when server config `auth.keys` is `required`, or `required_if_any` (the default) and
 `factory keys create` has made at least one. The key comes as `Authorization: Bearer KEY` (OpenAI's clients) or
@@ -25,6 +28,7 @@ from serving.logs import key_name
 OPEN = ("/health", "/ready", "/openapi.json", "/docs")
 FINE_TUNE = ("/v1/files", "/v1/fine_tuning", "/fine-tune")
 INFERENCE = ("/v1", "/chat")
+ADMIN = ("/v1/admin",)
 
 
 def scope_needed(path: str) -> str | None:
@@ -34,7 +38,7 @@ def scope_needed(path: str) -> str | None:
 
     if under(OPEN):
         return None
-    if path == "/metrics":
+    if path == "/metrics" or under(ADMIN):
         return "admin"
     if under(FINE_TUNE):
         return "fine-tune"

@@ -29,7 +29,7 @@ class RequestContext:
 
 
 class BodyLimit:
-    """Request bodies beyond the limit get 413 (uploads to /v1/files have their own limit).
+    """Request bodies beyond the limit get 413 (uploads to /v1/files and /v1/admin/uploads have their own limit).
 
     A declared Content-Length is refused here, before anything is read; a chunked body, or one that runs past what
     it declared, is counted as it arrives (serving.api.transport) and refused the moment it passes the limit.
@@ -40,7 +40,7 @@ class BodyLimit:
 
     @staticmethod
     def is_upload(path: str) -> bool:
-        return path == "/v1/files"
+        return path in ("/v1/files", "/v1/admin/uploads")
 
     def limit_for(self, path: str) -> int:
         return self.max_upload_bytes if self.is_upload(path) else self.max_bytes

@@ -28,6 +28,10 @@ from serving.api.schemas.responses import (ChatCompletion, ChatCompletionEvent, 
                                            ErrorBody, File, FileDeleted, FileList, FileUpload, FineTuningJob,
                                            FineTuningJobEventList, FineTuningJobList, Health, Model, ModelList,
                                            NotReady, ProviderList, Ready)
+from serving.api.schemas.ui import (BuildList, BuildObject, BuildRequest, EventTicket, GgufUpload, HubFileList,
+                                    HubModelList, HubSearchQuery, ListQuery, LossCurve, PromoteRequest,
+                                    RegistryModel, RegistryModelList, RegistryVersion, RollbackRequest, SpecRequest,
+                                    UploadQuery, WrittenSpec)
 
 REF = "#/components/schemas/{model}"
 SECURITY = [{"bearer": []}, {"apiKey": []}]
@@ -121,9 +125,48 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/v1/fine_tuning/jobs/{job_id}/cancel"): Operation("Cancel a fine-tuning job", "fine-tuning",
                                                                 ok=FineTuningJob, errors=(400, 404, 503),
                                                                 description="400 when the job has already ended."),
+    # the web UI's API (docs/ui-api.md)
+    ("POST", "/v1/events/tickets"): Operation("Get a single-use ticket for the events WebSocket", "events",
+                                              ok=EventTicket, description="Open ws(s)://HOST/v1/events?ticket=... "
+                                              "within `expires_in` seconds; a ticket works once, on any worker."),
+    ("GET", "/v1/registry/models"): Operation("List the registry's models with every version", "registry",
+                                              ok=RegistryModelList),
+    ("GET", "/v1/registry/models/{name}"): Operation("Retrieve a registry model with every version", "registry",
+                                                     ok=RegistryModel, errors=(404,),
+                                                     description="Versions with aliases, formats and "
+                                                     "quantization, the validation report and lineage."),
+    ("POST", "/v1/admin/registry/models/{name}/promote"): Operation(
+        "Point an alias at a version", "registry", ok=RegistryVersion, body=PromoteRequest, errors=(404,),
+        description="What `factory registry promote` does; every worker hot-reloads it."),
+    ("POST", "/v1/admin/registry/models/{name}/rollback"): Operation(
+        "Move an alias back to where it pointed before", "registry", ok=RegistryVersion, body=RollbackRequest,
+        errors=(404,), description="What `factory registry rollback` does; 400 `nothing_to_roll_back`."),
+    ("GET", "/v1/builds"): Operation("List builds", "builds", ok=BuildList, query=ListQuery, errors=(503,)),
+    ("GET", "/v1/builds/{build_id}"): Operation("Retrieve a build", "builds", ok=BuildObject, errors=(404, 503)),
+    ("POST", "/v1/admin/builds"): Operation("Build a spec of the specs folder", "builds", ok=BuildObject,
+                                            body=BuildRequest, errors=(404, 503),
+                                            description="A run of the build-model/on-demand deployment on Prefect "
+                                                        "(`factory deploy` registers it)."),
+    ("GET", "/v1/fine_tuning/jobs/{job_id}/loss"): Operation("A fine-tuning job's loss curve", "fine-tuning",
+                                                             ok=LossCurve, errors=(404, 503)),
+    ("GET", "/v1/hub/models"): Operation("Search the model hub", "hub", ok=HubModelList, query=HubSearchQuery,
+                                         description="The hub HF_ENDPOINT names (huggingface_hub)."),
+    ("GET", "/v1/hub/files/{repo_id}"): Operation("List a hub repository's files", "hub", ok=HubFileList,
+                                                  errors=(404,), description="`repo_id` may hold a slash."),
+    ("POST", "/v1/admin/specs"): Operation("Add a spec and build it", "builds", ok=WrittenSpec, body=SpecRequest,
+                                           errors=(503,), description="Validated like `factory spec check`: a 400 "
+                                           "`invalid_spec` lists every `file:line: field: problem`."),
+    ("POST", "/v1/admin/uploads"): Operation("Upload a GGUF model and build it", "builds", ok=WrittenSpec,
+                                             upload=GgufUpload, query=UploadQuery, errors=(503,),
+                                             description="Published as `factory serve FILE` would (an implicit "
+                                             "spec, converted, validated). A raw application/octet-stream body "
+                                             "works too."),
 }
 # The API's own description is not part of it.
 SELF = frozenset({"/openapi.json", "/docs", "/docs/openapi-3.0.json"})
+# OpenAPI 3.1 has no words for a WebSocket: its routes are listed under `x-websockets`, described in docs/ui-api.md.
+WEBSOCKETS = {"/v1/events": "Live events (JSON messages {type, time, ...}); ?ticket= from POST /v1/events/tickets "
+                            "once keys exist; refused with close code 4401 or 4403. See docs/ui-api.md."}
 
 
 def routes(app) -> list[tuple[str, str]]:
@@ -134,7 +177,8 @@ def routes(app) -> list[tuple[str, str]]:
 
 
 def undescribed(app) -> list[tuple[str, str]]:
-    return [route for route in routes(app) if route not in OPERATIONS and route[1] not in SELF]
+    return [route for route in routes(app) if route not in OPERATIONS and route[1] not in SELF
+            and not (route[0] == "WEBSOCKET" and route[1] in WEBSOCKETS)]
 
 
 def build_document(app) -> dict[str, Any]:
@@ -156,6 +200,8 @@ def build_document(app) -> dict[str, Any]:
                                 "fine-tuning through the same API."},
         "paths": paths,
         "components": {"schemas": schemas.get("$defs", {}), "securitySchemes": SECURITY_SCHEMES},
+        "x-websockets": {path: {"description": text} for method, path in routes(app)
+                         if method == "WEBSOCKET" and (text := WEBSOCKETS.get(path))},
     }
 
 

@@ -37,6 +37,7 @@ class Usage:
     prompt_tokens: int
     per_sequence: dict[int, int] = field(default_factory=dict)
     cached_per_sequence: dict[int, int] = field(default_factory=dict)
+    first_token_at: float | None = None  # time.perf_counter() of the first generated token (live stats: TTFT)
 
     @property
     def completion_tokens(self) -> int:
@@ -49,6 +50,8 @@ class Usage:
         return min(self.cached_per_sequence.values(), default=0)
 
     def add(self, event: Event) -> None:
+        if self.first_token_at is None and event.completion_tokens:
+            self.first_token_at = time.perf_counter()
         self.per_sequence[event.index] = max(self.per_sequence.get(event.index, 0), event.completion_tokens)
         if event.cached_tokens is not None:
             self.cached_per_sequence[event.index] = event.cached_tokens
