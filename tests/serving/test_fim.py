@@ -16,6 +16,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from serving.inference.local.capabilities import chat_capabilities
 from tests.fixtures.tiny_model import make_tiny_model
 from tests.serving.conftest import start_server, stop_server
 
@@ -127,3 +128,17 @@ def test_smollm2_refuses_a_suffix_and_still_completes_without_one(smollm2):
     reply = smollm2.client.completions.create(model="tiny", prompt="def add(a, b):\n    return", suffix="",
                                               max_tokens=4, temperature=0)
     assert reply.choices[0].text and reply.usage.completion_tokens >= 1
+
+
+def test_mlx_artifacts_are_read_from_their_tokenizer_files(tiny_mlx, tmp_path):
+    """What mlx-lm's conversion writes: the template and the control tokens, FIM markers where the model has them."""
+    from mlx_lm import convert
+
+    from serving.inference.local.capabilities import artifact_traits
+
+    traits = artifact_traits(str(tiny_mlx), "mlx")
+    assert "<|im_start|>" in traits.template and {"<|endoftext|>", "<|im_end|>"} <= set(traits.control_tokens)
+    assert chat_capabilities(tiny_mlx, "mlx") == (CHAT, "fallback")
+    convert(hf_path=str(make_tiny_model(tmp_path / "hf", extra_special_tokens=FIM_TOKENS)),
+            mlx_path=str(tmp_path / "mlx"), dtype="float16")
+    assert chat_capabilities(tmp_path / "mlx", "mlx") == ([*CHAT, "fim"], "fallback")
