@@ -92,3 +92,12 @@ def test_unreadable_artifacts_answer_plain_capabilities(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text("{not json")
     assert chat_capabilities(tmp_path, "mlx") == (CHAT, "fallback")
     assert chat_capabilities(None, None) == (CHAT, "fallback")
+
+
+def test_a_providers_models_carry_the_upstreams_capabilities_in_our_words():
+    from serving.inference.providers import upstream_capabilities
+
+    assert upstream_capabilities([*CHAT, "fim", "vision"], "chat") == [*CHAT, "fim"]  # unknown words dropped
+    assert upstream_capabilities(None, "chat") == ["chat", "completions"]  # an upstream that does not say
+    assert upstream_capabilities("fim", "chat") == ["chat", "completions"]
+    assert upstream_capabilities(None, "embedding") == ["embeddings"]
