@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from factory.server_config import CacheConfig
 from serving.inference.handle import EventStream, ModelHandle
-from serving.inference.types import DoneEvent, Event, GenerateRequest, TokenEvent
+from serving.inference.types import DoneEvent, Event, GenerateRequest, TokenEvent, ToolCallEvent
 
 EVENT_OVERHEAD = 200  # bytes an event object takes beyond its text, roughly (dataclass, list slot, logprob tuple)
 
@@ -55,6 +55,8 @@ def entry_size(events: list[Event]) -> int:
             size += len(event.text.encode())
             if event.logprob is not None:
                 size += len(event.logprob.token.encode()) + sum(len(t.encode()) + 32 for t, _ in event.logprob.top)
+        elif isinstance(event, ToolCallEvent):  # replayed with the same call ids: the answer is the same answer
+            size += len(event.call.id) + len(event.call.name.encode()) + len(event.call.arguments.encode())
     return size
 
 

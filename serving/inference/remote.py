@@ -40,6 +40,7 @@ class RemoteModel:
                              f"are not supported yet", param="model", code="model_not_supported")
 
     async def stream(self, request: GenerateRequest) -> "RemoteStream":
+        refuse_tools(self.ref, request)
         path, body = wire_request(self.model, request)
         release = self.provider.admit()
         try:
@@ -48,6 +49,19 @@ class RemoteModel:
             release()
             raise
         return RemoteStream(self, response, replica, request.n, chat=request.messages is not None, release=release)
+
+
+def refuse_tools(ref: str, request: GenerateRequest) -> None:
+    """Tools, tool history and output formats are not relayed: the upstream's tool-call deltas would need their own
+    parsing into ToolCallEvents, and an upstream's support for them differs (llama_cpp.server's depends on its chat
+    format). Refused in words rather than silently dropped."""
+    asked = ("tools" if request.tools else "response_format" if request.output_format is not None
+             else "messages" if any(m.get("tool_calls") or m.get("role") == "tool" for m in request.messages or [])
+             else None)
+    if asked is not None:
+        raise InvalidRequest(f"{ref} is served by an upstream provider; tools, tool calls in the history and "
+                             f"response_format are not relayed to providers yet (serve the model locally for them)",
+                             param=asked, code="not_supported_by_provider")
 
 
 def wire_request(model: str, request: GenerateRequest) -> tuple[str, dict[str, Any]]:

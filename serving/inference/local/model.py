@@ -19,6 +19,8 @@ from serving.inference.local.engines.base import Engine
 from serving.inference.local.fim import fim_stop_tokens
 from serving.inference.local.prompts import prompt_tokens
 from serving.inference.local.scheduler import Generation, Scheduler
+from serving.inference.local.tool_calls import with_tool_calls
+from serving.inference.local.tools import plan
 from serving.inference.types import (EmbedRequest, Embeddings, Event, GenerateRequest, InvalidRequest, ModelInfo,
                                      SamplingParams, queued_events)
 
@@ -53,13 +55,15 @@ class LocalModel:
 
     async def stream(self, request: GenerateRequest) -> "LocalStream":
         arrived = time.perf_counter()  # the time to first token counts rendering and tokenizing too
-        prompt = await asyncio.to_thread(prompt_tokens, self.engine, request, self.serve.context_length)
-        params = self._sampling(request, len(prompt))
+        tools = await asyncio.to_thread(plan, self.engine, request)  # tools, history, output format (tools.py)
+        rendered = request if tools.messages is None else replace(request, messages=tools.messages)
+        prompt = await asyncio.to_thread(prompt_tokens, self.engine, rendered, self.serve.context_length, tools.render)
+        params = [replace(p, grammar=tools.grammar) for p in self._sampling(request, len(prompt))]
         if request.suffix is not None and (stops := fim_stop_tokens(self.engine)):
             params = [replace(p, stop_tokens=p.stop_tokens + stops) for p in params]  # the middle's end (fim.py)
         events: asyncio.Queue = asyncio.Queue()
         generations = self.scheduler.submit(prompt, params, events, arrived)
-        return LocalStream(self, generations, events, len(prompt))
+        return LocalStream(self, generations, events, len(prompt), tools.family if tools.parse else None)
 
     def unload(self) -> None:
         self.scheduler.stop()
@@ -98,12 +102,15 @@ class LocalModel:
 class LocalStream:
     """The events of one request's sequences; closing it cancels whatever still runs."""
 
-    def __init__(self, model: LocalModel, generations: list[Generation], events: asyncio.Queue, prompt_tokens: int):
+    def __init__(self, model: LocalModel, generations: list[Generation], events: asyncio.Queue, prompt_tokens: int,
+                 tool_family: str | None = None):
         self.model, self.generations, self.queue = model, generations, events
         self.ref, self.prompt_tokens = model.ref, prompt_tokens
+        self.tool_family = tool_family  # set when tools were offered: calls are read out of the text
 
     def events(self, heartbeat_s: float | None = None) -> AsyncIterator[Event | None]:
-        return queued_events(self.queue, len(self.generations), heartbeat_s)
+        events = queued_events(self.queue, len(self.generations), heartbeat_s)
+        return events if self.tool_family is None else with_tool_calls(events, self.tool_family)
 
     async def aclose(self) -> None:
         for generation in self.generations:

@@ -11,6 +11,8 @@ message's text as plain text. Requests without such text are tokenized whole, ex
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from serving.inference.local.engines.base import Engine
 from serving.inference.local.fim import fim_prompt
 from serving.inference.types import GenerateRequest, InvalidRequest
@@ -18,7 +20,10 @@ from serving.inference.types import GenerateRequest, InvalidRequest
 PLACEHOLDER = "\ue000{}\ue001"  # private-use characters: no template or client text holds them by accident
 
 
-def prompt_tokens(engine: Engine, request: GenerateRequest, context_length: int) -> list[int]:
+def prompt_tokens(engine: Engine, request: GenerateRequest, context_length: int,
+                  render: Callable[[list[dict]], str] | None = None) -> list[int]:
+    """`render`: how messages become the prompt's text (default: the chat template alone; `tools.py` passes one
+    that gives the template the request's tools)."""
     refuse_what_cannot_fit(engine, request, context_length)
     infill = None if request.suffix is None else fim_prompt(engine, request.prompt or "", request.suffix)
     if infill is not None:
@@ -27,7 +32,7 @@ def prompt_tokens(engine: Engine, request: GenerateRequest, context_length: int)
         # A raw prompt is the client's own template: its control tokens are meant (as llama-server and vLLM read it)
         tokens = engine.encode(request.prompt or "")
     else:
-        tokens = chat_tokens(engine, request.messages)
+        tokens = chat_tokens(engine, request.messages, render or engine.render_chat)
     if not tokens:
         raise InvalidRequest(f"{request.input_param} must not be empty", param=request.input_param)
     return tokens
@@ -43,12 +48,12 @@ def refuse_what_cannot_fit(engine: Engine, request: GenerateRequest, context_len
                              f"length is {context_length}", param=request.input_param, code="context_length_exceeded")
 
 
-def chat_tokens(engine: Engine, messages: list[dict[str, str]]) -> list[int]:
+def chat_tokens(engine: Engine, messages: list[dict], render: Callable[[list[dict]], str]) -> list[int]:
     specials = engine.special_texts
     if not any(special in message["content"] for message in messages for special in specials):
-        return engine.encode(engine.render_chat(messages))
+        return engine.encode(render(messages))
     placeholders = [PLACEHOLDER.format(index) for index in range(len(messages))]
-    rest = engine.render_chat([{**message, "content": p} for message, p in zip(messages, placeholders)])
+    rest = render([{**message, "content": p} for message, p in zip(messages, placeholders)])
     tokens: list[int] = []
     for index, (message, placeholder) in enumerate(zip(messages, placeholders)):
         markup, found, rest = rest.partition(placeholder)

@@ -63,9 +63,13 @@ class Engine(ABC):
              options: EngineOptions = EngineOptions()) -> "Engine":
         ...
 
+    # The chat template's source text (what `tools.py` reads to pick the tool-call family); "" when unknown
+    chat_template: str = ""
+
     @abstractmethod
-    def render_chat(self, messages: list[dict[str, str]]) -> str:
-        ...
+    def render_chat(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+        """The prompt of `messages` through the model's chat template; `tools` (OpenAI's function tool shape) are
+        given to the template only by callers that know the template renders them (`tools.py`)."""
 
     @abstractmethod
     def encode(self, text: str, *, special: bool = True, at_start: bool = True) -> list[int]:

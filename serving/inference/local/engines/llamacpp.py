@@ -110,8 +110,9 @@ class LlamaCppEngine(Engine):
         self.n_vocab = self.model.n_vocab()
         metadata = self.model.metadata()
         eos, bos = self.model.token_eos(), self.model.token_bos()
+        self.chat_template = metadata.get("tokenizer.chat_template", "")
         self.formatter = Jinja2ChatFormatter(
-            template=metadata.get("tokenizer.chat_template", "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"),
+            template=self.chat_template or "{% for m in messages %}{{ m['content'] }}\n{% endfor %}",
             eos_token=self.token_text(eos) if eos >= 0 else "", bos_token=self.token_text(bos) if bos >= 0 else "")
         self.slots = SlotCache(LlamaMemory(self.ctx), max_batch, enabled=options.prefix_cache)
         self.vocabulary = Vocabulary(lambda: llamacpp_tokenizer(self.vocab, self.n_vocab, self.end_tokens))
@@ -132,8 +133,8 @@ class LlamaCppEngine(Engine):
 
     # ------------------------------------------------------------ text
 
-    def render_chat(self, messages: list[dict[str, str]]) -> str:
-        return self.formatter(messages=messages).prompt
+    def render_chat(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+        return self.formatter(messages=messages, **({"tools": tools} if tools else {})).prompt
 
     def encode(self, text: str, *, special: bool = True, at_start: bool = True) -> list[int]:
         return self.model.tokenize(text.encode(), add_bos=self.model.add_bos_token() and at_start, special=special)

@@ -60,8 +60,14 @@ class MlxEngine(Engine):
         model, tokenizer = load(str(path))
         return cls(model, tokenizer, max_batch, options)
 
-    def render_chat(self, messages: list[dict[str, str]]) -> str:
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    @cached_property
+    def chat_template(self) -> str:
+        template = self.tokenizer.chat_template
+        return template if isinstance(template, str) else ""
+
+    def render_chat(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                                  **({"tools": tools} if tools else {}))
 
     def encode(self, text: str, *, special: bool = True, at_start: bool = True) -> list[int]:
         # Chat templates already contain their special tokens; never add a second BOS.
