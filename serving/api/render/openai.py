@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving.inference.types import Event, TokenEvent, TokenLogprob
+from serving.inference.types import Event, TokenEvent, TokenLogprob, ToolCall, ToolCallEvent
 
 
 @dataclass
@@ -19,12 +19,15 @@ class Choice:
     text: str = ""
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
     def add(self, event: Event) -> None:
         if isinstance(event, TokenEvent):
             self.text += event.text
             if event.logprob is not None:
                 self.logprobs.append(event.logprob)
+        elif isinstance(event, ToolCallEvent):
+            self.tool_calls.append(event.call)
         else:
             self.finish_reason = event.finish_reason
 
@@ -100,13 +103,17 @@ class ChatRenderer(Renderer):
             logprobs = {"content": [_chat_logprob(event.logprob)]} if event.logprob is not None else None
             choice = {"index": event.index, "delta": {"content": event.text}, "logprobs": logprobs,
                       "finish_reason": None}
+        elif isinstance(event, ToolCallEvent):  # a whole call in one delta: its arguments need no reassembly
+            choice = {"index": event.index, "delta": {"tool_calls": [{"index": event.call_index,
+                                                                      **_tool_call(event.call)}]},
+                      "logprobs": None, "finish_reason": None}
         else:
             choice = {"index": event.index, "delta": {}, "logprobs": None, "finish_reason": event.finish_reason}
         return {**self.chunk_base(), "choices": [choice]}
 
     def whole(self, choices: list[Choice], usage: Usage) -> dict[str, Any]:
         return {**self.base, "object": self.whole_object, "choices": [
-            {"index": c.index, "message": {"role": "assistant", "content": c.text},
+            {"index": c.index, "message": _message(c),
              "logprobs": {"content": [_chat_logprob(lp) for lp in c.logprobs]} if self.logprobs else None,
              "finish_reason": c.finish_reason} for c in choices], "usage": usage.openai()}
 
@@ -133,6 +140,18 @@ class CompletionRenderer(Renderer):
             {"index": c.index, "text": c.text, "finish_reason": c.finish_reason,
              "logprobs": _completion_logprobs(c.logprobs, 0) if self.logprobs else None} for c in choices],
             "usage": usage.openai()}
+
+
+def _message(choice: Choice) -> dict[str, Any]:
+    """The assistant message of a whole chat choice: its content is null when it holds only tool calls."""
+    if not choice.tool_calls:
+        return {"role": "assistant", "content": choice.text}
+    return {"role": "assistant", "content": choice.text or None,
+            "tool_calls": [_tool_call(call) for call in choice.tool_calls]}
+
+
+def _tool_call(call: ToolCall) -> dict[str, Any]:
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
 
 
 def _chat_logprob(entry: TokenLogprob) -> dict[str, Any]:

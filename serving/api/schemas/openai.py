@@ -6,8 +6,9 @@ Every field is bounded by its type, so bad input is a 400 before anything reache
 penalties, logit_bias values, top_logprobs, logprobs, seed); elsewhere they are this server's: `n` (OpenAI
 allows 128; a request's sequences share one decode batch here), `stop` (OpenAI allows 4; editors send more) and
 sizes far beyond any real request (the context length and the body limit refuse sooner). What this server does
-not implement (tools, echo, best_of > 1, structured output) is typed as the one value it accepts, and refused in
-words.
+not implement (the legacy `functions`, echo, best_of > 1) is typed as the one value it accepts, and refused in
+words. Tools (function tools only, at most OpenAI's 128) and `response_format` (text, json_object, json_schema) reach
+the model as the inference layer's `Tool` and `OutputFormat`.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, ConfigDict, Field, model_validator
 
 from serving.api.schemas import Lenient
-from serving.inference.types import GenerateRequest, SamplingParams
+from serving.inference.types import GenerateRequest, OutputFormat, SamplingParams, Tool
 
 MAX_TEXT = 1 << 20  # characters in one message or prompt (the body limit, 8 MiB by default, usually comes first)
 MAX_MESSAGES = 2048
@@ -47,24 +48,107 @@ class TextPart(Lenient):
     text: Text
 
 
+MAX_TOOLS = 128  # OpenAI's limit on tools in one request
+FunctionName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$", description="OpenAI's function name rule")]
+
+
+class CalledFunction(Lenient):
+    name: FunctionName
+    arguments: Annotated[Text, Field(description="the arguments as a JSON text")]
+
+
+class MessageToolCall(Lenient):
+    id: Name
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ChatMessage(Lenient):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | Annotated[list[TextPart], Field(max_length=MAX_MESSAGES)] | None = None
     name: Annotated[str, Field(max_length=MAX_NAME)] | None = None
+    tool_calls: Annotated[list[MessageToolCall], Field(max_length=MAX_TOOLS,
+                                                       description="an assistant message's calls")] | None = None
+    tool_call_id: Annotated[Name, Field(description="the call a `tool` message answers")] | None = None
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> "ChatMessage":
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        return self
 
     def text(self) -> str:
         if self.content is None:
             return ""
         return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
 
+    def inference(self) -> dict[str, Any]:
+        """The message as the inference layer's history takes it (`GenerateRequest.messages`)."""
+        # OpenAI's "developer" role is the system role of models trained before it existed
+        message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+        if self.tool_calls:
+            message["tool_calls"] = [{"id": call.id, "type": "function", "function": {
+                "name": call.function.name, "arguments": call.function.arguments}} for call in self.tool_calls]
+        if self.role == "tool":
+            message["tool_call_id"] = self.tool_call_id
+            if self.name:
+                message["name"] = self.name
+        return message
+
+
+class FunctionDefinition(Lenient):
+    name: FunctionName
+    description: Annotated[str, Field(max_length=MAX_TEXT)] | None = None
+    parameters: Annotated[dict[str, Any], Field(description="a JSON schema of the arguments object")] | None = None
+    strict: bool | None = None
+
+
+class FunctionTool(Lenient):
+    type: Annotated[Literal["function"], unsupported("only function tools are supported by this server",
+                                                     accepts=lambda value: value == "function")]
+    function: FunctionDefinition
+
+
+class ChosenFunction(Lenient):
+    name: FunctionName
+
+
+class NamedToolChoice(Lenient):
+    type: Literal["function"]
+    function: ChosenFunction
+
 
 class StreamOptions(Lenient):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(Lenient):
+    name: FunctionName
+    description: Annotated[str, Field(max_length=MAX_TEXT)] | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema", description="the JSON schema the answer validates "
+                                                                            "against")
+    strict: bool | None = None
+
+
 class ResponseFormat(Lenient):
-    type: Annotated[Literal["text"], unsupported("only {'type': 'text'} is supported by this server",
-                                                 accepts=lambda value: value == "text")] = "text"
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> "ResponseFormat":
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type json_schema needs a json_schema object")
+        return self
+
+    def output_format(self) -> OutputFormat | None:
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return OutputFormat("json_object")
+        form = self.json_schema
+        return OutputFormat("json_schema", schema=form.schema_ or {}, name=form.name, strict=bool(form.strict))
 
 
 Temperature = Annotated[float, Field(ge=0, le=2)]
@@ -110,7 +194,7 @@ class GenerationRequest(Lenient):
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
 
-NO_TOOLS = "tool and function calling are not supported by this server"
+NO_FUNCTIONS = "the legacy `functions` are not supported by this server: send them as `tools`"
 Unsupported = Annotated[list[Any], Field(max_length=0)]
 
 
@@ -122,22 +206,37 @@ class ChatCompletionRequest(GenerationRequest):
     max_completion_tokens: MaxTokens | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=20, description="requires logprobs: true")] | None = None
-    tools: Annotated[Unsupported | None, unsupported(NO_TOOLS, accepts=lambda value: not value)] = None
-    functions: Annotated[Unsupported | None, unsupported(NO_TOOLS, accepts=lambda value: not value)] = None
+    tools: Annotated[list[FunctionTool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+    functions: Annotated[Unsupported | None, unsupported(NO_FUNCTIONS, accepts=lambda value: not value)] = None
     response_format: ResponseFormat | None = None
 
     @model_validator(mode="after")
     def _supported(self) -> "ChatCompletionRequest":
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs: requires logprobs: true")
+        names = [tool.function.name for tool in self.tools or []]
+        if len(set(names)) < len(names):
+            raise ValueError("tools: function names must be unique")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+            raise ValueError(f"tool_choice: the function {self.tool_choice.function.name!r} is not in tools")
+        if self.tool_choice == "required" and not names:
+            raise ValueError("tool_choice: 'required' needs tools")
         return self
 
     def generate_request(self) -> GenerateRequest:
-        # OpenAI's "developer" role is the system role of models trained before it existed
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in self.messages]
-        return super().generate_request(messages=messages, max_tokens=self.max_completion_tokens or self.max_tokens,
-                                        logprobs=self.logprobs, top_logprobs=self.top_logprobs or 0)
+        tools = [Tool(tool.function.name, tool.function.description,
+                      tool.function.parameters or {"type": "object", "properties": {}}, bool(tool.function.strict))
+                 for tool in self.tools or []] or None
+        choice = self.tool_choice or "auto"
+        request = super().generate_request(messages=[m.inference() for m in self.messages],
+                                           max_tokens=self.max_completion_tokens or self.max_tokens,
+                                           logprobs=self.logprobs, top_logprobs=self.top_logprobs or 0)
+        request.tools, request.parallel_tool_calls = tools, self.parallel_tool_calls
+        request.tool_choice = choice.function.name if isinstance(choice, NamedToolChoice) else choice
+        request.output_format = self.response_format.output_format() if self.response_format else None
+        return request
 
 
 Prompt = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]

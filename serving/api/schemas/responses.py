@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, Json
 Count = Annotated[int, Field(ge=0)]
 Timestamp = Annotated[int, Field(ge=0, description="Unix time, seconds")]
 FinishReason = Literal["stop", "length"]
+ChatFinishReason = Literal["stop", "length", "tool_calls"]  # tool_calls: the choice ended with calls to make
 
 
 class Shape(BaseModel):
@@ -72,16 +73,28 @@ class ChatLogprobs(Shape):
     content: list[TokenLogprob]
 
 
+class CalledFunction(Shape):
+    name: str
+    arguments: str = Field(description="the arguments object as a JSON text")
+
+
+class MessageToolCall(Shape):
+    id: str = Field(description="call_<random>: what a `tool` message's tool_call_id answers")
+    type: Literal["function"]
+    function: CalledFunction
+
+
 class AssistantMessage(Shape):
     role: Literal["assistant"]
-    content: str
+    content: str | None = Field(description="null when the answer is only tool calls")
+    tool_calls: list[MessageToolCall] | None = Field(None, description="present when the model called tools")
 
 
 class ChatChoice(Shape):
     index: Count
     message: AssistantMessage
     logprobs: ChatLogprobs | None
-    finish_reason: FinishReason
+    finish_reason: ChatFinishReason
 
 
 class ChatCompletion(Shape):
@@ -94,16 +107,25 @@ class ChatCompletion(Shape):
     usage: Usage
 
 
+class ChunkToolCall(Shape):
+    index: Count = Field(description="the call's place among the choice's calls")
+    id: str
+    type: Literal["function"]
+    function: CalledFunction
+
+
 class ChunkDelta(Shape):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ChunkToolCall] | None = Field(None, description="a whole call per chunk (its arguments in one "
+                                                                     "piece)")
 
 
 class ChatChunkChoice(Shape):
     index: Count
     delta: ChunkDelta
     logprobs: ChatLogprobs | None
-    finish_reason: FinishReason | None
+    finish_reason: ChatFinishReason | None
 
 
 class ChatCompletionChunk(Shape):

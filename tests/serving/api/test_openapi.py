@@ -97,7 +97,7 @@ async def test_request_bounds_are_stated(document):
     assert chat["top_logprobs"]["anyOf"][0]["maximum"] == 20
     assert chat["logit_bias"]["anyOf"][0]["maxProperties"] == 300
     assert chat["stop"]["anyOf"][1]["maxItems"] == 32  # OpenAI's 4 would refuse Continue's autocomplete
-    assert chat["tools"]["anyOf"][0]["maxItems"] == 0  # not supported: the one value accepted is none
+    assert chat["tools"]["anyOf"][0]["maxItems"] == 128  # OpenAI's limit
 
 
 # ------------------------------------------------------------------ renderer output against the document
