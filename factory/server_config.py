@@ -137,6 +137,13 @@ class CacheConfig(Strict):
     max_mb: float = Field(64, gt=0, description="cached text and overhead per worker, estimated")
 
 
+class ResponsesConfig(Strict):
+    """Responses API responses stored for GET and previous_response_id (ROOT/responses.db, pruned on each write)."""
+
+    max_age_days: float = Field(30, gt=0, description="a stored response is kept this long (OpenAI's default)")
+    max_stored: int = Field(10000, ge=1, description="the oldest go beyond this many")
+
+
 class ServerConfig(Strict):
     """How the OpenAI-compatible server runs."""
 
@@ -156,6 +163,7 @@ class ServerConfig(Strict):
     providers: list[ProviderConfig] = Field([], description="OpenAI-compatible upstreams served beside the local "
                                                              "models (FACTORY_SERVE_PROVIDERS: a JSON list)")
     cache: CacheConfig = CacheConfig()
+    responses: ResponsesConfig = ResponsesConfig()
 
     @field_validator("providers")
     @classmethod

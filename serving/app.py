@@ -27,6 +27,7 @@ from serving.api.resources.health import Health, Ready
 from serving.api.resources.metrics import Metrics
 from serving.api.resources.models import Models
 from serving.api.resources.providers import Providers
+from serving.api.resources.responses_api import Responses
 from serving.api.live import GenerationEvents
 from serving.api.resources.add_model import Specs, Uploads
 from serving.api.resources.builds import Builds, LossCurve
@@ -35,6 +36,7 @@ from serving.api.resources.hub import HubModels
 from serving.api.resources.registry import RegistryModels
 from serving.api.resources.openapi import SWAGGER_UI, DocsPage, OpenAPIDocument
 from serving.api.schemas.openai import ChatCompletionRequest, CompletionRequest
+from serving.api.stored_responses import ResponseStore
 from serving.api.transport import GuardedTransport
 from serving.inference.cache import ResponseCache
 from serving.inference.catalog import Catalog
@@ -92,6 +94,10 @@ def create_app(config: ServerConfig | None = None, *, models: ModelCatalog | Non
     app.add_route("/v1/chat/completions", chat)
     app.add_route("/chat", chat)  # the path the product's first plan named
     app.add_route("/v1/completions", GenerationEndpoint(models, CompletionRequest, CompletionRenderer, cache))
+    responses = Responses(models, ResponseStore(config.root, config.responses.max_age_days,
+                                                config.responses.max_stored), cache)
+    app.add_route("/v1/responses", responses)
+    app.add_route("/v1/responses/{response_id}", responses, suffix="one")
     app.add_route("/v1/embeddings", EmbeddingsEndpoint(models))
     app.add_route("/v1/rerank", RerankEndpoint(models))
     app.add_route("/health", Health())

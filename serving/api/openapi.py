@@ -24,6 +24,8 @@ from serving.api.auth import scope_needed
 from serving.api.schemas.embeddings import EmbeddingList, EmbeddingRequest, RerankList, RerankRequest
 from serving.api.schemas.fine_tuning import FineTuningJobRequest, JobEventsQuery, JobListQuery
 from serving.api.schemas.openai import ChatCompletionRequest, CompletionRequest
+from serving.api.schemas.responses_api import CreateResponse
+from serving.api.schemas.responses_api_bodies import ResponseDeleted, ResponseObject, ResponseStreamEvent
 from serving.api.schemas.responses import (ChatCompletion, ChatCompletionEvent, Completion, CompletionEvent,
                                            ErrorBody, File, FileDeleted, FileList, FileUpload, FineTuningJob,
                                            FineTuningJobEventList, FineTuningJobList, Health, Model, ModelList,
@@ -95,6 +97,17 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/v1/completions"): Operation("Create a text completion", "completions", ok=Completion,
                                            body=CompletionRequest, events=CompletionEvent, errors=(404, 429),
                                            description="A raw prompt, no chat template."),
+    ("POST", "/v1/responses"): Operation(
+        "Create a response (OpenAI's Responses API)", "responses", ok=ResponseObject, body=CreateResponse,
+        events=ResponseStreamEvent, errors=(404, 429),
+        description="`input` (text or message, function_call and function_call_output items) after "
+                    "`instructions`, through the model's chat template; function tools and `text.format`. Stored "
+                    "unless `store: false`, for GET, DELETE and `previous_response_id` (404 when that is unknown). "
+                    "With `\"stream\": true`: typed events, each with its `event:` name and `sequence_number`."),
+    ("GET", "/v1/responses/{response_id}"): Operation("Retrieve a stored response", "responses", ok=ResponseObject,
+                                                      errors=(404,), description="Another key's response is 404."),
+    ("DELETE", "/v1/responses/{response_id}"): Operation("Delete a stored response", "responses",
+                                                         ok=ResponseDeleted, errors=(404,)),
     ("POST", "/v1/embeddings"): Operation("Create embeddings", "embeddings", ok=EmbeddingList, body=EmbeddingRequest,
                                           errors=(404, 429),
                                           description="One vector per input, from a `task: embedding` model (a chat "
