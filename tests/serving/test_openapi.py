@@ -4,8 +4,9 @@ response must be no server error, a documented status and content type, and a bo
 streams, each server-sent event). Reproducible: a fixed seed, no example database, deterministic steering hooks
 (tests/serving/openapi_hooks.py: most requests name the served model, so fuzzed parameters reach the engine).
 
-Nothing is excluded. Fine-tuning needs Prefect; here PREFECT_API_URL points at a stand-in that fails every call
-with a 500, so the fine-tuning operations must answer their documented 503 (or a 4xx): the one 5xx they may give.
+Nothing is excluded. Fine-tuning and builds need Prefect; here PREFECT_API_URL points at a stand-in that fails every
+call with a 500, so the fine-tuning and build operations must answer their documented 503 (or a 4xx): the one 5xx
+they may give. The hub search has no hub to reach here: its 503 `hub_unreachable` is the answer.
 (A Prefect that cannot be reached at all answers the same 503, only after the Prefect client's connection retries,
 1.5 s each: tests/serving/api/test_openapi.py checks that.)
 """
@@ -31,6 +32,14 @@ hooks = "tests.serving.openapi_hooks"
 
 [[operations]]
 include-tag = "fine-tuning"
+checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "503"]
+
+[[operations]]
+include-tag = "builds"
+checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "503"]
+
+[[operations]]
+include-tag = "hub"
 checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "503"]
 """
 

@@ -44,6 +44,9 @@ class Specs:
             spec = parse_spec(text, target)
         except SpecError as exc:
             raise APIError(400, "\n".join(exc.lines()), param="spec", code="invalid_spec") from None
+        except yaml.YAMLError as exc:  # what the located loader does not turn into lines (unprintable characters)
+            line = getattr(getattr(exc, "problem_mark", None), "line", 0) + 1
+            raise APIError(400, f"{target}:{line}: not YAML: {exc}", param="spec", code="invalid_spec") from None
         target = self.specs_dir / f"{spec.name}.yaml"  # the validated name: a safe file name
         self.specs_dir.mkdir(parents=True, exist_ok=True)
         staged = target.with_name(f".{target.name}.{uuid.uuid4().hex}")

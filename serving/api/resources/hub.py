@@ -7,7 +7,8 @@ import asyncio
 import os
 from typing import Any
 
-from huggingface_hub import HfApi
+import httpx
+from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
 from serving.api.errors import APIError
@@ -17,8 +18,24 @@ from serving.api.schemas.ui import HubSearchQuery
 MAX_FILES = 10_000
 
 
+REACH_TIMEOUT_S = 3.0
+
+
+def _endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+
+
 def _api() -> HfApi:
-    return HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
+    return HfApi(endpoint=_endpoint())
+
+
+def _check_reachable() -> None:
+    """One plain request first: huggingface_hub retries a refused or unresolvable hub five times with backoff
+    (~25 s), while a page waiting on a search wants to hear at once that there is no hub (offline, a firewall)."""
+    try:
+        httpx.get(_endpoint(), timeout=REACH_TIMEOUT_S, follow_redirects=False)
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise ConnectionError(str(exc)) from None
 
 
 class HubModels:
@@ -39,8 +56,12 @@ class HubModels:
 
 
 async def _call(work, repo_id: str | None = None):
+    def checked():
+        _check_reachable()
+        return work()
+
     try:
-        return await asyncio.to_thread(work)
+        return await asyncio.to_thread(checked)
     except (RepositoryNotFoundError, RevisionNotFoundError):
         raise APIError(404, f"no repository {repo_id!r} on the hub", param="repo_id", code="repo_not_found") from None
     except Exception as exc:  # unreachable, refused, a hub error: the hub is not ours to fix
