@@ -342,14 +342,16 @@ class ProviderSet:
         await asyncio.gather(*(provider.stop() for provider in self.by_name.values()))
 
 
-CAPABILITIES = ("chat", "completions", "tools", "structured_outputs", "fim", "embeddings", "rerank")
+RELAYED = ("chat", "completions", "fim")  # what requests to a provider may use (tools, response_format and
+# embeddings are refused for providers' models)
 
 
 def upstream_capabilities(listed: Any, task: str) -> list[str]:
-    """What an upstream says its model can do (another llm-factory server says it in our words), else its task's."""
+    """What an upstream says its model can do (another llm-factory server says it in our words), less what this
+    server does not relay; an upstream that does not say: chat and completions for a chat model."""
     if isinstance(listed, list) and all(isinstance(item, str) for item in listed):
-        return [item for item in listed if item in CAPABILITIES]
-    return ["embeddings"] if task == "embedding" else ["chat", "completions"]
+        return [item for item in listed if item in RELAYED]
+    return [] if task == "embedding" else ["chat", "completions"]
 
 
 def describe_error(exc: httpx.HTTPError) -> str:

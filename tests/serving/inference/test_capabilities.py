@@ -94,10 +94,11 @@ def test_unreadable_artifacts_answer_plain_capabilities(tmp_path):
     assert chat_capabilities(None, None) == (CHAT, "fallback")
 
 
-def test_a_providers_models_carry_the_upstreams_capabilities_in_our_words():
+def test_a_providers_models_carry_what_the_upstream_says_and_this_server_relays():
     from serving.inference.providers import upstream_capabilities
 
-    assert upstream_capabilities([*CHAT, "fim", "vision"], "chat") == [*CHAT, "fim"]  # unknown words dropped
+    # tools and response_format are refused for providers' models; unknown words are dropped
+    assert upstream_capabilities([*CHAT, "fim", "vision"], "chat") == ["chat", "completions", "fim"]
     assert upstream_capabilities(None, "chat") == ["chat", "completions"]  # an upstream that does not say
     assert upstream_capabilities("fim", "chat") == ["chat", "completions"]
-    assert upstream_capabilities(None, "embedding") == ["embeddings"]
+    assert upstream_capabilities(["embeddings", "rerank"], "embedding") == []  # not relayed either
