@@ -11,6 +11,8 @@
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.fixtures.scripted_engine import REPLY, scripted_pool
@@ -84,3 +86,51 @@ async def test_continue_reads_model_ids(api):
     listed = (await api.get("/v1/models")).json()
     assert [m["id"] for m in listed["data"]] == ["default", "tiny"]
     assert all(isinstance(m["id"], str) and m["object"] == "model" for m in listed["data"])
+
+
+READ_FILE = {"type": "function", "function": {
+    "name": "read_file", "description": "Read the contents of a file at the given path.",
+    "parameters": {"type": "object", "properties": {"path": {"type": "string", "description": "relative path"}},
+                   "required": ["path"], "additionalProperties": False}}}
+CLINE_TOOL_TURN = {**CLINE_BODY, "tools": [READ_FILE], "messages": [
+    *CLINE_BODY["messages"],
+    # Cline's assistant turn with a call and no text: `content` is left out, the call's arguments a JSON text
+    {"role": "assistant", "tool_calls": [{"id": "call_0a1b", "type": "function",
+                                          "function": {"name": "read_file", "arguments": '{"path":"math_utils.py"}'}}]},
+    {"role": "tool", "tool_call_id": "call_0a1b", "content": "def add(a, b):\n    return a + b\n"},
+    {"role": "user", "content": [{"type": "text", "text": "<environment_details>\n# Open Tabs\nmath_utils.py\n"
+                                                          "</environment_details>"}]}]}
+
+
+async def test_clines_tool_turn_with_native_tools_and_no_tool_choice(api, pool_and_registry):
+    response = await api.post("/v1/chat/completions", json=CLINE_TOOL_TURN)
+    assert response.status_code == 200, response.text
+    chunks = sse_frames(response)[:-1]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == REPLY
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]] \
+        == ["stop"]  # no call in the answer: tool_choice defaults to auto
+    engine = pool_and_registry[0].loaded["tiny@1"].engine
+    prompt = "".join(map(engine.token_text, engine.prompts[-1]))
+    assert "read_file" in prompt and "math_utils.py" in prompt and "return a + b" in prompt
+
+
+async def test_clines_tool_call_streams_back_as_a_call(api, pool_and_registry):
+    await api.post("/v1/chat/completions", json={**CLINE_BODY, "stream": False, "stream_options": None,
+                                                  "max_tokens": 1})
+    pool_and_registry[0].loaded["tiny@1"].engine.reply = \
+        '<tool_call>\n{"name": "read_file", "arguments": {"path": "math_utils.py"}}\n</tool_call>'
+    response = await api.post("/v1/chat/completions", json={**CLINE_BODY, "tools": [READ_FILE]})
+    chunks = sse_frames(response)[:-1]
+    calls = [call for c in chunks if c["choices"] for call in c["choices"][0]["delta"].get("tool_calls") or []]
+    assert calls[0]["function"]["name"] == "read_file" and calls[0]["id"]
+    arguments = "".join(call["function"].get("arguments") or "" for call in calls)
+    assert json.loads(arguments) == {"path": "math_utils.py"}
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]] \
+        == ["tool_calls"]
+    assert chunks[-1]["usage"]["completion_tokens"] > 0
+
+
+async def test_continues_chat_with_tools(api):
+    response = await api.post("/v1/chat/completions", json={**CONTINUE_CHAT, "tools": [READ_FILE]})
+    assert response.status_code == 200, response.text
+    assert sse_frames(response)[-1] == "[DONE]"
