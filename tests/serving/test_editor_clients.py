@@ -7,7 +7,7 @@ import json
 
 import httpx
 
-from tests.serving.api.test_editor_clients import CLINE_BODY, CONTINUE_AUTOCOMPLETE, CONTINUE_CHAT
+from tests.serving.api.test_editor_clients import CLINE_BODY, CLINE_TOOL_TURN, CONTINUE_AUTOCOMPLETE, CONTINUE_CHAT
 from tests.serving.test_fim import smollm2  # noqa: F401  (the fixture)
 
 
@@ -37,3 +37,13 @@ def test_continues_chat_and_autocomplete_bodies(smollm2):  # noqa: F811
     assert completion[-1] == "[DONE]"
     text = "".join(f["choices"][0]["text"] for f in completion[:-1])
     assert not any(stop in text for stop in CONTINUE_AUTOCOMPLETE["stop"])  # cut before any of its stops
+
+
+def test_clines_tool_turn_on_a_template_without_tools(smollm2):  # noqa: F811
+    """SmolLM2-135M's template renders no tools: the server's fallback prompt carries them and the tool history."""
+    first = streamed(smollm2, "/v1/chat/completions", {**CLINE_BODY, "max_tokens": 8})[-2]["usage"]
+    frames = streamed(smollm2, "/v1/chat/completions", {**CLINE_TOOL_TURN, "max_tokens": 24})
+    assert frames[-1] == "[DONE]"
+    finished = [f["choices"][0]["finish_reason"] for f in frames[:-2] if f["choices"][0]["finish_reason"]]
+    assert len(finished) == 1 and finished[0] in ("stop", "length", "tool_calls")
+    assert frames[-2]["usage"]["prompt_tokens"] > first["prompt_tokens"] + 40  # the tool, the call, its result
