@@ -36,7 +36,7 @@ CLINE_BODY = {"model": "tiny", "messages": [{"role": "system", "content": CLINE_
               "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
 
 CONTINUE_CHAT = {"messages": [{"role": "system", "content": "Always answer in Markdown."},
-                              {"role": "user", "content": "What does this function do?\n\n```python\ndef f(): ...\n```"}],
+                              {"role": "user", "content": "What does this do?\n\n```python\ndef f(): ...\n```"}],
                  "model": "tiny", "max_tokens": 4096,  # Continue's default maxTokens
                  "temperature": 0.5, "top_p": 0.9, "frequency_penalty": 0,
                  "presence_penalty": 0, "stream": True,
