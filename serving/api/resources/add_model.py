@@ -80,8 +80,8 @@ class Uploads:
             with open(staged, "rb") as f:
                 if f.read(4) != GGUF_MAGIC:
                     raise invalid(f"{filename} is not a GGUF file", param="file", code="invalid_file")
-            name = name or await asyncio.to_thread(model_name, Path(filename if filename.endswith(".gguf")
-                                                                    else f"{filename}.gguf"))
+            # named as `factory serve FILE` names it (the file is not there yet, so the suffix goes first)
+            name = name or model_name(Path(filename.removesuffix(".gguf")))
             model_file = self.uploads_dir / f"{name}.gguf"
             os.replace(staged, model_file)
         except ValueError as exc:  # no name can be made from the file's name
