@@ -1,7 +1,7 @@
 """The event log: one SQLite file under the factory root (ROOT/events.db) that every gunicorn worker appends to and
 tails by id, so a WebSocket held by one worker sees what happened in all of them (ROOT/keys.db and ROOT/limits.db
 are shared the same way). Ids grow across workers (SQLite's AUTOINCREMENT), so a page that reconnects can ask for
-what it missed. The log is bounded: each append past a multiple of PRUNE_EVERY drops all but the newest KEEP rows.
+what it missed. The log is bounded: every PRUNE_EVERY ids, an append drops all but the newest KEEP rows.
 
 An event observed by several workers (the registry changed: every worker's watcher sees it) carries a `dedupe` key,
 and only the first append of a key is kept. The same file holds WebSocket tickets, for the same reason: a ticket
@@ -32,6 +32,7 @@ SCHEMA = (
 class EventLog:
     def __init__(self, path: Path):
         self.db = SharedSqlite(path, *SCHEMA)
+        self.pruned_at = 0
 
     def append(self, event: dict[str, Any], dedupe: str | None = None) -> int | None:
         """Store `event` (its `type`, `time`, ... fields); returns its id, or None when `dedupe` was seen before."""
@@ -41,7 +42,8 @@ class EventLog:
         if cursor.rowcount == 0:
             return None
         event_id = cursor.lastrowid
-        if event_id % PRUNE_EVERY == 0:
+        if event_id // PRUNE_EVERY != self.pruned_at:  # once per PRUNE_EVERY ids (a refused dedupe skips an id)
+            self.pruned_at = event_id // PRUNE_EVERY
             db.execute("DELETE FROM events WHERE id <= ?", (event_id - KEEP,))
             db.execute("DELETE FROM tickets WHERE expires < ?", (time.time(),))
         return event_id
