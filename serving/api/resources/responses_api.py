@@ -24,7 +24,10 @@ from serving.api.schemas.responses_api import CreateResponse
 from serving.api.sse import HEARTBEAT_S
 from serving.api.stored_responses import ResponseStore
 from serving.inference.handle import EventStream, ModelCatalog, StreamCache
-from serving.inference.types import DoneEvent, GenerationFailed
+from serving.inference.types import DoneEvent, GenerationFailed, InvalidRequest
+
+# The inference layer names chat completions' fields in its refusals; these are their names here.
+PARAMS = {"messages": "input", "response_format": "text.format", "max_tokens": "max_output_tokens"}
 
 
 def not_found(response_id: str, param: str | None = None) -> APIError:
@@ -53,6 +56,12 @@ class Responses:
             handle = await stack.enter_async_context(self.models.lease(request.model))
             events = await (self.cache.stream(handle, generate, owner) if self.cache else handle.stream(generate))
             stack.push_async_callback(events.aclose)  # runs first: cancel what still runs, then return the lease
+        except InvalidRequest as refused:
+            await stack.aclose()
+            if refused.param in PARAMS:
+                raise InvalidRequest(str(refused).replace(refused.param, PARAMS[refused.param], 1),
+                                     PARAMS[refused.param], refused.code) from None
+            raise
         except BaseException:
             await stack.aclose()
             raise

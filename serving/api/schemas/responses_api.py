@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
+from serving.api.errors import invalid
 from serving.api.schemas import Lenient
 from serving.api.schemas.openai import (MAX_MESSAGES, MAX_TEXT, MaxTokens, Name, Temperature, Text, TopP,
                                         unsupported)
@@ -61,7 +62,7 @@ class InputItem(Lenient):
         if not isinstance(value, dict):
             return value
         kind = value.get("type", "message" if "role" in value else None)
-        if kind not in REQUIRED:
+        if not isinstance(kind, str) or kind not in REQUIRED:
             raise ValueError(f"input items of type {kind!r} are not supported by this server (supported: "
                              f"{', '.join(REQUIRED)})")
         return {"type": kind} if kind == "reasoning" else {**value, "type": kind}
@@ -216,6 +217,9 @@ class CreateResponse(Lenient):
         messages = chat_messages(items)
         if self.instructions is not None:
             messages.insert(0, {"role": "system", "content": self.instructions})
+        if not messages:  # a chat template renders no empty conversation
+            raise invalid("input: there is nothing to answer: no message, call or output (reasoning items are "
+                          "dropped)", param="input")
         tools = [Tool(t.name, t.description, t.parameters or {"type": "object", "properties": {}}, t.strict)
                  for t in self.tools] or None
         form = self.text.format

@@ -262,6 +262,7 @@ async def test_a_forced_call_and_a_json_schema_format_constrain_the_sequence(sdk
      "input[0].content[0].type", "only text content"),
     ({"input": [{"type": "computer_call_output", "call_id": "c", "output": {}}]}, "input[0]",
      "'computer_call_output' are not supported"),
+    ({"input": [{"type": ["message"], "role": "user", "content": "hi"}]}, "input[0]", "of type ['message']"),
     ({"background": True}, "background", "background responses"),
     ({"conversation": "conv_1"}, "conversation", "previous_response_id"),
     ({"max_tool_calls": 2}, "max_tool_calls", "not supported"),
@@ -277,6 +278,14 @@ async def test_refusals_are_400s_that_name_the_field(api, body, param, words):
     assert result.status_code == 400, result.text
     error = result.json()["error"]
     assert error["param"] == param and words in error["message"], error
+
+
+async def test_nothing_to_answer_is_a_400(api):
+    for items in ([], [{"type": "reasoning", "id": "rs_1", "summary": []}]):
+        result = await api.post("/v1/responses", json={"model": "tiny", "input": items})
+        assert result.status_code == 400 and result.json()["error"]["param"] == "input"
+    with_instructions = await api.post("/v1/responses", json={"model": "tiny", "input": [], "instructions": "Hi."})
+    assert with_instructions.status_code == 200
 
 
 async def test_an_unknown_model_is_a_404(api):
@@ -327,3 +336,13 @@ def test_retention_drops_what_is_too_old(tmp_path, monkeypatch):
     store.save("", {"id": "resp_new", "output": []}, [])  # a write prunes it
     assert store.count() == 1 and store.get("", "resp_new").response == {"id": "resp_new", "output": []}
     assert store.get("someone", "resp_new") is None and not store.delete("someone", "resp_new")
+
+
+async def test_the_models_refusals_name_the_responses_fields(api):
+    schema = await api.post("/v1/responses", json={"model": "tiny", "input": "hi", "text": {"format": {
+        "type": "json_schema", "name": "x", "schema": {"type": "nope"}}}})
+    assert schema.status_code == 400 and schema.json()["error"]["param"] == "text.format"
+    too_long = await api.post("/v1/responses", json={"model": "tiny", "input": "hi", "max_output_tokens": 100000})
+    error = too_long.json()["error"]
+    assert too_long.status_code == 400 and error["param"] == "max_output_tokens", error
+    assert error["code"] == "context_length_exceeded" and "max_output_tokens" in error["message"]
