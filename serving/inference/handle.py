@@ -37,6 +37,10 @@ class ModelHandle(Protocol):
         """Validate `request` against this model and start it; raises InvalidRequest or QueueFull before any
         event, so the API can still answer with a status."""
 
+    async def count_tokens(self, request: GenerateRequest) -> int:
+        """The prompt tokens `request` would take, rendered exactly as `stream` renders it (template, tools); raises
+        InvalidRequest where the model cannot tell (a remote upstream, an embedding model)."""
+
     async def embed(self, request: EmbedRequest) -> Embeddings:
         """One vector per input, batched with other requests' inputs; raises InvalidRequest where the model does
         not embed or an input is too long, QueueFull when the model is busy."""

@@ -39,6 +39,11 @@ class RemoteModel:
         raise InvalidRequest(f"{self.ref} is served by provider {self.provider.name}; embeddings through providers "
                              f"are not supported yet", param="model", code="model_not_supported")
 
+    async def count_tokens(self, request: GenerateRequest) -> int:
+        raise InvalidRequest(f"{self.ref} is served by provider {self.provider.name}, whose tokenizer and template "
+                             f"this server does not have: it cannot count its tokens", param="model",
+                             code="model_not_supported")
+
     async def stream(self, request: GenerateRequest) -> "RemoteStream":
         refuse_tools(self.ref, request)
         path, body = wire_request(self.model, request)

@@ -145,13 +145,16 @@ class TokenEvent:
 
 @dataclass
 class DoneEvent:
-    """Sequence `index` ended: stop (end of sequence or stop string), length, or error."""
+    """Sequence `index` ended: stop (end of sequence or stop string), length, or error. `stop_sequence`: the stop
+    string that ended it, where the model knows (Anthropic's Messages API reports it; a remote upstream does not
+    say)."""
 
     index: int
     finish_reason: str
     completion_tokens: int
     error: str | None = None
     cached_tokens: int | None = None
+    stop_sequence: str | None = None
 
 
 @dataclass

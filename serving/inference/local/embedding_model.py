@@ -57,6 +57,10 @@ class EmbeddingModel:
         raise InvalidRequest(f"{self.ref} is an embedding model: it serves /v1/embeddings and /v1/rerank, not text "
                              f"generation", param="model", code="model_not_supported")
 
+    async def count_tokens(self, request: GenerateRequest) -> int:
+        raise InvalidRequest(f"{self.ref} is an embedding model: it has no chat template to count messages "
+                             f"through", param="model", code="model_not_supported")
+
     async def embed(self, request: EmbedRequest) -> Embeddings:
         inputs = request.inputs
         if len(inputs) > self.limits["max_inputs"]:

@@ -20,7 +20,7 @@ from serving.inference.local.fim import fim_stop_tokens
 from serving.inference.local.prompts import prompt_tokens
 from serving.inference.local.scheduler import Generation, Scheduler
 from serving.inference.local.tool_calls import with_tool_calls
-from serving.inference.local.tools import plan
+from serving.inference.local.tools import ToolPlan, plan
 from serving.inference.types import (EmbedRequest, Embeddings, Event, GenerateRequest, InvalidRequest, ModelInfo,
                                      SamplingParams, queued_events)
 
@@ -53,11 +53,19 @@ class LocalModel:
                              f"`task: embedding` builds an embedding model, also from a decoder LM)",
                              param="model", code="model_not_supported")
 
-    async def stream(self, request: GenerateRequest) -> "LocalStream":
-        arrived = time.perf_counter()  # the time to first token counts rendering and tokenizing too
+    async def count_tokens(self, request: GenerateRequest) -> int:
+        return len((await self._prompt(request))[0])
+
+    async def _prompt(self, request: GenerateRequest) -> tuple[list[int], ToolPlan]:
+        """The prompt's tokens, rendered and tokenized off the event loop, and the request's tool plan."""
         tools = await asyncio.to_thread(plan, self.engine, request)  # tools, history, output format (tools.py)
         rendered = request if tools.messages is None else replace(request, messages=tools.messages)
-        prompt = await asyncio.to_thread(prompt_tokens, self.engine, rendered, self.serve.context_length, tools.render)
+        return await asyncio.to_thread(prompt_tokens, self.engine, rendered, self.serve.context_length,
+                                       tools.render), tools
+
+    async def stream(self, request: GenerateRequest) -> "LocalStream":
+        arrived = time.perf_counter()  # the time to first token counts rendering and tokenizing too
+        prompt, tools = await self._prompt(request)
         params = [replace(p, grammar=tools.grammar) for p in self._sampling(request, len(prompt))]
         if request.suffix is not None and (stops := fim_stop_tokens(self.engine)):
             params = [replace(p, stop_tokens=p.stop_tokens + stops) for p in params]  # the middle's end (fim.py)

@@ -204,7 +204,8 @@ class Scheduler:
                                            cached_tokens=generation.cached_tokens))
         generation.emit(DoneEvent(index=generation.index, finish_reason=reason,
                                   completion_tokens=generation.completion_tokens, error=error,
-                                  cached_tokens=generation.cached_tokens))
+                                  cached_tokens=generation.cached_tokens,
+                                  stop_sequence=generation.stops.matched if generation.stops else None))
 
     def _logprob(self, output: StepOutput) -> TokenLogprob | None:
         if output.logprob is None:

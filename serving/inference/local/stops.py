@@ -10,6 +10,7 @@ class StopMatcher:
     def __init__(self, stops: list[str]):
         self.stops = [s for s in stops if s]
         self.pending = ""
+        self.matched: str | None = None  # the stop string reached (the earliest in the text)
 
     def feed(self, segment: str) -> tuple[str, bool]:
         """Add decoded text; returns (text safe to emit now, whether a stop string was reached)."""
@@ -17,9 +18,10 @@ class StopMatcher:
         if not self.stops:
             out, self.pending = self.pending, ""
             return out, False
-        hits = [index for index in (self.pending.find(s) for s in self.stops) if index >= 0]
+        hits = [(index, stop) for index, stop in ((self.pending.find(s), s) for s in self.stops) if index >= 0]
         if hits:
-            out, self.pending = self.pending[: min(hits)], ""
+            first, self.matched = min(hits, key=lambda hit: hit[0])
+            out, self.pending = self.pending[:first], ""
             return out, True
         hold = max((self._overlap(stop) for stop in self.stops), default=0)
         cut = len(self.pending) - hold
