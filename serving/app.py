@@ -19,6 +19,7 @@ from serving.api.metrics import RequestMetrics
 from serving.api.middleware import BodyLimit, Lifecycle, RequestContext
 from serving.api.ratelimit import RateLimits
 from serving.api.render.openai import ChatRenderer, CompletionRenderer
+from serving.api.resources.anthropic import Messages, MessageTokens
 from serving.api.resources.files import Files
 from serving.api.resources.fine_tuning import FineTuningJobs
 from serving.api.resources.embeddings import EmbeddingsEndpoint, RerankEndpoint
@@ -98,6 +99,8 @@ def create_app(config: ServerConfig | None = None, *, models: ModelCatalog | Non
                                                 config.responses.max_stored), cache)
     app.add_route("/v1/responses", responses)
     app.add_route("/v1/responses/{response_id}", responses, suffix="one")
+    app.add_route("/v1/messages", Messages(models, cache))  # Anthropic's Messages API (errors in its shape)
+    app.add_route("/v1/messages/count_tokens", MessageTokens(models))
     app.add_route("/v1/embeddings", EmbeddingsEndpoint(models))
     app.add_route("/v1/rerank", RerankEndpoint(models))
     app.add_route("/health", Health())

@@ -1,4 +1,7 @@
-"""OpenAI-shaped errors: every failure is `{"error": {"message", "type", "param", "code"}}` with the right status.
+"""OpenAI-shaped errors: every failure is `{"error": {"message", "type", "param", "code"}}` with the right status;
+on Anthropic's routes (/v1/messages...) `{"type": "error", "error": {"type", "message"}}` instead, chosen by path
+where the body is written (the serializer here, and the transport's answers before Falcon), so middleware's
+refusals (auth, rate limits, body size) take the shape of the API the client speaks.
 
 Resources raise `APIError` for what they check themselves; the inference layer's and the job backend's domain
 exceptions are mapped here, once, by handlers that `install` registers on the app. Falcon's own errors (unknown
@@ -40,6 +43,32 @@ class BodyTimeout(Exception):
         super().__init__(f"the request body did not arrive within {timeout_s:g} s")
 
 
+# Anthropic's error types by status (its 529 overloaded_error is our 503: nothing can serve now, retry later)
+ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                   404: "not_found_error", 408: "timeout_error", 413: "request_too_large", 429: "rate_limit_error",
+                   503: "overloaded_error"}
+ANTHROPIC_ROOT = "/v1/messages"
+
+
+def speaks_anthropic(path: str) -> bool:
+    return path == ANTHROPIC_ROOT or path.startswith(ANTHROPIC_ROOT + "/")
+
+
+def anthropic_error(status: int, message: str) -> dict:
+    return {"type": "error", "error": {
+        "type": ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error"),
+        "message": message}}
+
+
+def error_body_for(path: str, status: int, message: str, *, type_: str | None = None, param: str | None = None,
+                   code: str | None = None) -> dict:
+    """The error body in the shape of the API that `path` belongs to. Anthropic's has no `param`: the message names
+    the field when the OpenAI one would only say it in `param`."""
+    if speaks_anthropic(path):
+        return anthropic_error(status, f"{param}: {message}" if param and param not in message else message)
+    return error_body(status, message, type_=type_, param=param, code=code)
+
+
 def error_type(status: int) -> str:
     return TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
@@ -55,9 +84,9 @@ def error_body(status: int, message: str, *, type_: str | None = None, param: st
 
 def serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
     resp.content_type = falcon.MEDIA_JSON
-    resp.media = error_body(exc.status_code, exc.description or exc.title, type_=getattr(exc, "type", None),
-                            param=getattr(exc, "param", None),
-                            code=getattr(exc, "code", None) if isinstance(exc, APIError) else _code_for(exc))
+    resp.media = error_body_for(req.path, exc.status_code, exc.description or exc.title,
+                                type_=getattr(exc, "type", None), param=getattr(exc, "param", None),
+                                code=getattr(exc, "code", None) if isinstance(exc, APIError) else _code_for(exc))
 
 
 def _code_for(exc: falcon.HTTPError) -> str | None:

@@ -7,7 +7,7 @@ require to be empty.
 Statuses that follow from what a route is are added here, once, rather than repeated in the table: a body may be
 malformed (400), slow to arrive (408) or too large (413); a query string may be malformed (400); a route that
 needs an API key (serving/api/auth.py decides which) may be refused (401, 403), rate limited (429), or find the
-rate-limit store unreachable (503). Every error status has OpenAI's error body.
+rate-limit store unreachable (503). Every error status has OpenAI's error body (Anthropic's on its Messages API).
 """
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ from pydantic import BaseModel, Field, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
 from serving.api.auth import scope_needed
+from serving.api.schemas.anthropic import CountTokens, CreateMessage
+from serving.api.schemas.anthropic_bodies import (AnthropicError, AnthropicMessage, MessageStreamEvent,
+                                                  MessageTokensCount)
 from serving.api.schemas.embeddings import EmbeddingList, EmbeddingRequest, RerankList, RerankRequest
 from serving.api.schemas.fine_tuning import FineTuningJobRequest, JobEventsQuery, JobListQuery
 from serving.api.schemas.openai import ChatCompletionRequest, CompletionRequest
@@ -68,6 +71,7 @@ class Operation:
     events: type[BaseModel] | None = None  # with `"stream": true`: server-sent events, each one of these
     errors: tuple[int, ...] = ()  # statuses beyond those added for every route like it, with OpenAI's error body
     other: dict[int, type[BaseModel]] = field(default_factory=dict)  # statuses with a body of their own
+    error_body: type[BaseModel] = ErrorBody  # every other error status's body
     description: str | None = None
 
 
@@ -108,6 +112,17 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
                                                       errors=(404,), description="Another key's response is 404."),
     ("DELETE", "/v1/responses/{response_id}"): Operation("Delete a stored response", "responses",
                                                          ok=ResponseDeleted, errors=(404,)),
+    ("POST", "/v1/messages"): Operation(
+        "Create a message (Anthropic's Messages API)", "messages", ok=AnthropicMessage, body=CreateMessage,
+        events=MessageStreamEvent, errors=(404, 429), error_body=AnthropicError,
+        description="`system` and `messages` (text, tool_use and tool_result blocks) through the model's chat "
+                    "template; custom tools and `tool_choice`. With `\"stream\": true`: Anthropic's named events. "
+                    "The key may come as `x-api-key`; any `anthropic-version` is accepted."),
+    ("POST", "/v1/messages/count_tokens"): Operation(
+        "Count a message's input tokens (Anthropic's Messages API)", "messages", ok=MessageTokensCount,
+        body=CountTokens, errors=(404,), error_body=AnthropicError,
+        description="By the model's own chat template and tokenizer, tools included; a provider's model "
+                    "cannot count (400)."),
     ("POST", "/v1/embeddings"): Operation("Create embeddings", "embeddings", ok=EmbeddingList, body=EmbeddingRequest,
                                           errors=(404, 429),
                                           description="One vector per input, from a `task: embedding` model (a chat "
@@ -198,8 +213,8 @@ def build_document(app) -> dict[str, Any]:
     """The OpenAPI 3.1 document of `app`'s routes."""
     described = [(method, path) for method, path in routes(app) if (method, path) in OPERATIONS]
     operations = [OPERATIONS[route] for route in described]
-    models = {model for op in operations for model in (op.ok, op.body, op.upload, op.events, *op.other.values())
-              if isinstance(model, type)} | {ErrorBody}
+    models = {model for op in operations for model in (op.ok, op.body, op.upload, op.events, op.error_body,
+                                                       *op.other.values()) if isinstance(model, type)}
     refs, schemas = models_json_schema([(model, "validation") for model in sorted(models, key=lambda m: m.__name__)],
                                        ref_template=REF)
     ref = {model: refs[(model, "validation")] for model in models}
@@ -233,7 +248,7 @@ def _operation(method: str, path: str, op: Operation, ref: dict[type, dict]) -> 
         ok["text/event-stream"] = {"schema": ref[op.events]}
     responses = {"200": {"description": STATUS[200], "content": ok}}
     for status in sorted(errors | set(op.other)):
-        body = ref[op.other.get(status, ErrorBody)]
+        body = ref[op.other.get(status, op.error_body)]
         responses[str(status)] = {"description": STATUS[status], "content": {"application/json": {"schema": body}}}
     operation: dict[str, Any] = {
         "operationId": re.sub(r"[^A-Za-z0-9]+", "_", f"{method.lower()}{path}").strip("_"),

@@ -16,7 +16,7 @@ import logging
 
 import orjson
 
-from serving.api.errors import BodyTimeout, BodyTooLarge, error_body
+from serving.api.errors import BodyTimeout, BodyTooLarge, error_body_for
 from serving.api.middleware import BodyLimit
 
 log = logging.getLogger("factory.serving.transport")
@@ -69,7 +69,7 @@ class GuardedTransport:
         except (BodyTooLarge, BodyTimeout) as exc:  # raised before Falcon could route it (its first read)
             if started:
                 raise
-            await _answer(send, 413 if isinstance(exc, BodyTooLarge) else 408, str(exc),
+            await _answer(send, scope["path"], 413 if isinstance(exc, BodyTooLarge) else 408, str(exc),
                           "request_too_large" if isinstance(exc, BodyTooLarge) else "request_timeout")
         except ClientTooSlow:
             # Returning without finishing the response makes the server close the connection.
@@ -77,8 +77,8 @@ class GuardedTransport:
                         self.send_timeout_s)
 
 
-async def _answer(send, status: int, message: str, code: str) -> None:
-    body = orjson.dumps(error_body(status, message, code=code))
+async def _answer(send, path: str, status: int, message: str, code: str) -> None:
+    body = orjson.dumps(error_body_for(path, status, message, code=code))
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
         (b"connection", b"close")]})
