@@ -9,9 +9,9 @@ WHEELS    ?= $(HOME)/.cache/llm-factory/wheels
 LLAMA_CPP := llama-cpp-python==0.3.36
 export FACTORY_ROOT ?= $(CURDIR)/.factory
 
-.PHONY: install up test lock clean blas redis
+.PHONY: install up test lock clean blas redis chromium
 
-install: $(STAMP) blas redis
+install: $(STAMP) blas redis chromium
 
 # OpenBLAS for MLX on Linux (see README): Debian's package, preloaded by the factory's own commands. Needs root and
 # apt-get; anywhere else this step says so and the factory runs on MLX's bundled BLAS.
@@ -28,6 +28,13 @@ redis:
 	  (apt-get install -y -qq redis-server >/dev/null 2>&1 || \
 	   (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null)) ; } || \
 	  echo "note: redis-server not installed (needs root + apt-get); the Redis rate-limit tests will fail"
+
+# chromium for the web UI's browser tests (Playwright drives Debian's build: `playwright install` cannot download here).
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	   (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)) ; } || \
+	  echo "note: chromium not installed (needs root + apt-get); the web UI's browser tests will fail"
 
 # Reinstall only when the pins or the project metadata change.
 $(STAMP): requirements.lock requirements-models.txt pyproject.toml
