@@ -346,3 +346,18 @@ async def test_the_models_refusals_name_the_responses_fields(api):
     error = too_long.json()["error"]
     assert too_long.status_code == 400 and error["param"] == "max_output_tokens", error
     assert error["code"] == "context_length_exceeded" and "max_output_tokens" in error["message"]
+
+
+async def test_an_engine_failure_ends_a_stream_with_response_failed_and_stores_nothing(api, engine):
+    def refuse(prompt, params):
+        raise RuntimeError("out of cells")
+
+    engine.insert = refuse
+    events = frames(await api.post("/v1/responses", json={"model": "tiny", "input": "hi", "stream": True}))
+    assert [name for name, _ in events] == ["response.created", "response.in_progress", "error", "response.failed"]
+    error, failed = events[2][1], events[3][1]["response"]
+    assert error["code"] == "server_error" and "out of cells" in error["message"]
+    assert failed["status"] == "failed" and failed["error"]["message"] == error["message"]
+    assert (await api.get(f"/v1/responses/{failed['id']}")).status_code == 404
+    whole = await api.post("/v1/responses", json={"model": "tiny", "input": "hi"})
+    assert whole.status_code == 500 and whole.json()["error"]["type"] == "server_error"
