@@ -14,6 +14,7 @@ import jsonschema
 import pytest
 
 from factory.keys import KeyStore
+from serving.api.schemas.anthropic import CreateMessage
 from serving.inference.remote import RemoteModel
 from serving.inference.types import GenerateRequest, InvalidRequest
 from tests.fixtures.scripted_engine import REPLY, scripted_pool
@@ -136,11 +137,11 @@ async def test_stop_sequences_say_which_one_matched(client, engine):
                                            stop_sequences=["engine", "scripted", "zzz"])
     assert message.content[0].text == "Hello from the "
     assert message.stop_reason == "stop_sequence" and message.stop_sequence == "scripted"
-    async with client.messages.stream(model="tiny", max_tokens=64, messages=HI, stop_sequences=["from"]) as stream:
-        final = await stream.get_final_message()
+    async with client.messages.stream(model="tiny", max_tokens=64, messages=HI, stop_sequences=["from"]) as s:
+        final = await s.get_final_message()
     assert final.content[0].text == "Hello " and (final.stop_reason, final.stop_sequence) == ("stop_sequence", "from")
-    unmatched = await client.messages.create(model="tiny", max_tokens=64, messages=HI, stop_sequences=["zzz"])
-    assert (unmatched.stop_reason, unmatched.stop_sequence) == ("end_turn", None)
+    assert (await client.messages.create(model="tiny", max_tokens=64, messages=HI, stop_sequences=["zzz"])
+            ).stop_reason == "end_turn"
 
 
 async def test_max_tokens_ends_with_max_tokens(client, engine):
@@ -332,15 +333,14 @@ async def test_not_found_malformed_and_wrong_method(api, client, document):
 
 async def test_bodies_too_large_are_413_in_anthropic_shape(api, pool_and_registry):
     limit = pool_and_registry[2].requests.max_body_bytes
-    declared = await api.post("/v1/messages", content=b"x" * (limit + 1))
-    anthropic_shaped(declared, 413, "request_too_large", "limit")
+    anthropic_shaped(await api.post("/v1/messages", content=b"x" * (limit + 1)), 413, "request_too_large", "limit")
 
     async def chunks():
         for _ in range(limit // 65536 + 2):
             yield b"x" * 65536
 
-    streamed = await api.post("/v1/messages/count_tokens", content=chunks())  # chunked: counted as it arrives
-    anthropic_shaped(streamed, 413, "request_too_large", "limit")
+    chunked = await api.post("/v1/messages/count_tokens", content=chunks())  # counted as it arrives
+    anthropic_shaped(chunked, 413, "request_too_large", "limit")
 
 
 async def test_auth_and_rate_limit_errors_in_anthropic_shape(api, client, pool_and_registry):
@@ -363,7 +363,38 @@ async def test_auth_and_rate_limit_errors_in_anthropic_shape(api, client, pool_a
 
 
 async def test_a_provider_model_refuses_to_count_tokens():
-    """A remote model has no tokenizer or template here: refused in words (a 400), never guessed."""
     remote = RemoteModel(SimpleNamespace(name="upstream"), "some-model")
     with pytest.raises(InvalidRequest, match="cannot count its tokens"):
         await remote.count_tokens(GenerateRequest(messages=HI))
+
+
+@pytest.mark.parametrize("choice, translated, parallel", [
+    (None, "auto", True), ({"type": "auto"}, "auto", True), ({"type": "any"}, "required", True),
+    ({"type": "tool", "name": "get_time"}, "get_time", True), ({"type": "none"}, "none", True),
+    ({"type": "any", "disable_parallel_tool_use": True}, "required", False),
+])
+def test_tool_choice_translates_to_the_inference_contract(choice, translated, parallel):
+    body = {"model": "tiny", "max_tokens": 4, "messages": HI, "tools": [WEATHER, CLOCK]}
+    request = CreateMessage.model_validate(body | ({"tool_choice": choice} if choice else {})).generate_request()
+    assert (request.tool_choice, request.parallel_tool_calls) == (translated, parallel)
+    assert [tool.name for tool in request.tools] == ["get_weather", "get_time"]
+    assert request.tools[0].parameters == WEATHER["input_schema"] and request.tools[0].description
+
+
+def test_a_tool_turn_translates_to_openai_shaped_history():
+    history = CreateMessage.model_validate({"model": "tiny", "max_tokens": 4, "system": "S", "messages": HI + [
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_time", "input": {}},
+                                          {"type": "tool_use", "id": "toolu_2", "name": "get_weather",
+                                           "input": {"city": "Rome"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "noon"},
+                                     {"type": "tool_result", "tool_use_id": "toolu_2", "content": [
+                                         {"type": "text", "text": "rain"}], "is_error": False}]}]}
+    ).generate_request().messages
+    assert history == [
+        {"role": "system", "content": "S"}, HI[0],
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "toolu_1", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
+            {"id": "toolu_2", "type": "function", "function": {"name": "get_weather",
+                                                               "arguments": '{"city": "Rome"}'}}]},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "noon"},
+        {"role": "tool", "tool_call_id": "toolu_2", "content": "rain"}]
