@@ -36,6 +36,7 @@ from serving.api.resources.events import EventsSocket, EventTickets
 from serving.api.resources.hub import HubModels
 from serving.api.resources.registry import RegistryModels
 from serving.api.resources.openapi import SWAGGER_UI, DocsPage, OpenAPIDocument
+from serving.api.resources.web_ui import WEB, WebPage
 from serving.api.schemas.openai import ChatCompletionRequest, CompletionRequest
 from serving.api.stored_responses import ResponseStore
 from serving.api.transport import GuardedTransport
@@ -142,6 +143,8 @@ def create_app(config: ServerConfig | None = None, *, models: ModelCatalog | Non
     app.add_route("/docs/openapi-3.0.json", document, suffix="swagger")
     app.add_route("/docs", DocsPage())
     app.add_static_route("/docs/static", SWAGGER_UI)
+    app.add_route("/", WebPage())  # the web UI
+    app.add_static_route("/ui", WEB)
 
     errors.install(app)
     return GuardedTransport(app, body_limit, config.requests.read_timeout_s, config.requests.send_timeout_s)

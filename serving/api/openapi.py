@@ -191,7 +191,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
                                              "works too."),
 }
 # The API's own description is not part of it.
-SELF = frozenset({"/openapi.json", "/docs", "/docs/openapi-3.0.json"})
+SELF = frozenset({"/openapi.json", "/docs", "/docs/openapi-3.0.json",
+                  "/"})  # and the web UI's page (its files, under /ui, are a static route)
 # OpenAPI 3.1 has no words for a WebSocket: its routes are listed under `x-websockets`, described in docs/ui-api.md.
 WEBSOCKETS = {"/v1/events": "Live events (JSON messages {type, time, ...}); ?ticket= from POST /v1/events/tickets "
                             "once keys exist; refused with close code 4401 or 4403. See docs/ui-api.md."}

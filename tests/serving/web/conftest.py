@@ -1,0 +1,51 @@
+"""A real browser for the web UI's tests: Playwright driving Debian's chromium (`make install` installs it;
+Playwright's own download cannot run here). No chromium is a failure, not a skip."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+DOCS = Path(__file__).resolve().parents[3] / "docs"
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1200, "height": 900}
+
+
+@pytest.fixture(scope="session")
+def browser():
+    executable = shutil.which("chromium")
+    assert executable, "chromium is not installed: run `make install` (apt-get install chromium)"
+    # The suite preloads OpenBLAS (LD_PRELOAD) for MLX; inherited by Playwright's node driver and chromium, it
+    # breaks their threads (node: "pthread_create: Invalid argument"). They start without it; servers keep it.
+    preload = os.environ.pop("LD_PRELOAD", None)
+    try:
+        playwright = sync_playwright().start()
+    finally:
+        if preload is not None:
+            os.environ["LD_PRELOAD"] = preload
+    launched = playwright.chromium.launch(executable_path=executable)
+    yield launched
+    launched.close()
+    playwright.stop()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport=DESKTOP)
+    opened = context.new_page()
+    errors = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    yield opened
+    context.close()
+    assert not errors, f"the page threw: {errors}"
+
+
+def open_ui(page, url: str, view: str, key: str | None = None) -> None:
+    """The UI at `view` with `key` typed into the API key field (kept in localStorage, as a user would)."""
+    page.goto(f"{url}/#{view}")
+    if key is not None:
+        page.fill("#api-key", key)
+        page.dispatch_event("#api-key", "change")
