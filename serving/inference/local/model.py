@@ -71,7 +71,8 @@ class LocalModel:
             params = [replace(p, stop_tokens=p.stop_tokens + stops) for p in params]  # the middle's end (fim.py)
         events: asyncio.Queue = asyncio.Queue()
         generations = self.scheduler.submit(prompt, params, events, arrived)
-        return LocalStream(self, generations, events, len(prompt), tools.family if tools.parse else None)
+        return LocalStream(self, generations, events, len(prompt), tools.family if tools.parse else None,
+                           max_calls=None if request.parallel_tool_calls else 1)
 
     def unload(self) -> None:
         self.scheduler.stop()
@@ -111,14 +112,14 @@ class LocalStream:
     """The events of one request's sequences; closing it cancels whatever still runs."""
 
     def __init__(self, model: LocalModel, generations: list[Generation], events: asyncio.Queue, prompt_tokens: int,
-                 tool_family: str | None = None):
+                 tool_family: str | None = None, max_calls: int | None = None):
         self.model, self.generations, self.queue = model, generations, events
         self.ref, self.prompt_tokens = model.ref, prompt_tokens
-        self.tool_family = tool_family  # set when tools were offered: calls are read out of the text
+        self.tool_family, self.max_calls = tool_family, max_calls  # tools offered: calls are read out of the text
 
     def events(self, heartbeat_s: float | None = None) -> AsyncIterator[Event | None]:
         events = queued_events(self.queue, len(self.generations), heartbeat_s)
-        return events if self.tool_family is None else with_tool_calls(events, self.tool_family)
+        return events if self.tool_family is None else with_tool_calls(events, self.tool_family, self.max_calls)
 
     async def aclose(self) -> None:
         for generation in self.generations:

@@ -158,8 +158,10 @@ def parser_for(family: str) -> TagParser | WholeMessageParser:
     return WholeMessageParser(family) if family in ("llama3", "mistral") else TagParser()
 
 
-async def with_tool_calls(events: AsyncIterator[Event | None], family: str) -> AsyncIterator[Event | None]:
-    """A request's events with each sequence's tool calls read out of its text."""
+async def with_tool_calls(events: AsyncIterator[Event | None], family: str,
+                          max_calls: int | None = None) -> AsyncIterator[Event | None]:
+    """A request's events with each sequence's tool calls read out of its text; past `max_calls` a sequence's
+    further calls are dropped (parallel_tool_calls false: at most one)."""
     parsers: dict[int, TagParser | WholeMessageParser] = {}
     calls_made: dict[int, int] = {}
     async for event in events:
@@ -176,6 +178,8 @@ async def with_tool_calls(events: AsyncIterator[Event | None], family: str) -> A
             yield TokenEvent(event.index, text, completion_tokens=event.completion_tokens)
         for call in (item for item in items if isinstance(item, ToolCall)):
             number = calls_made.get(event.index, 0)
+            if max_calls is not None and number >= max_calls:
+                continue
             calls_made[event.index] = number + 1
             yield ToolCallEvent(event.index, number, call, completion_tokens=event.completion_tokens,
                                 cached_tokens=event.cached_tokens)

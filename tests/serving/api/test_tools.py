@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
 from serving.api.schemas import responses
+from serving.app import create_app
 from tests.fixtures.scripted_engine import REPLY, scripted_pool
 from tests.serving.api.conftest import sse_frames
+from tests.serving.api.test_providers import gateway, provider, raw
 
 pytestmark = pytest.mark.anyio
 HI = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -79,6 +82,9 @@ async def test_streamed_calls_come_as_tool_call_deltas_and_the_markup_never_as_t
         responses.ChatCompletionChunk.model_validate(chunk.model_dump(exclude_unset=True))
     whole = await sdk.chat.completions.create(model="tiny", messages=HI, tools=[WEATHER])
     assert whole.choices[0].message.content == "Let me check." and len(whole.choices[0].message.tool_calls) == 2
+    one = await sdk.chat.completions.create(model="tiny", messages=HI, tools=[WEATHER], parallel_tool_calls=False)
+    [call] = one.choices[0].message.tool_calls  # at most one call: the second is dropped
+    assert json.loads(call.function.arguments) == {"city": "Paris"} and one.choices[0].finish_reason == "tool_calls"
 
 
 async def test_text_that_is_not_a_call_stays_text(sdk, engine):
@@ -176,3 +182,43 @@ async def test_a_streamed_tool_call_frame_is_openais_shape(api, engine):
     assert set(call) == {"index", "id", "type", "function"} and call["index"] == 0
     assert call["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
     assert frames[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+async def test_a_cached_answer_replays_its_tool_calls(tmp_path):
+    pool, _, config = scripted_pool(tmp_path, serve={"aliases": ["default"], "context_length": 8192},
+                                    cache={"enabled": True})
+    app = create_app(config, models=pool)
+    await pool.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://in-process") as api:
+            body = {"model": "tiny", "messages": HI, "tools": [WEATHER], "temperature": 0}
+            await api.post("/v1/chat/completions", json={**body, "max_tokens": 1})
+            pool.loaded["tiny@1"].engine.reply = CALL
+            first, again = [await api.post("/v1/chat/completions", json=body) for _ in range(2)]
+            assert (first.headers["x-cache"], again.headers["x-cache"]) == ("miss", "hit")
+            assert again.json()["choices"] == first.json()["choices"]  # the same calls, ids included
+            assert first.json()["choices"][0]["finish_reason"] == "tool_calls"
+            streamed = sse_frames(await api.post("/v1/chat/completions", json={**body, "stream": True}))
+            [delta] = [f["choices"][0]["delta"] for f in streamed[:-1] if f["choices"][0]["delta"].get("tool_calls")]
+            assert delta["tool_calls"][0]["id"] == first.json()["choices"][0]["message"]["tool_calls"][0]["id"]
+    finally:
+        await pool.stop()
+
+
+async def test_providers_refuse_tools_and_formats_rather_than_drop_them(tmp_path):
+    upstream = await raw()
+    try:
+        async with gateway(tmp_path, [provider("raw", upstream.url, models=["m"])]) as (client, _):
+            history = [*HI, {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c", "content": "sunny"}]
+            for change, param in (({"tools": [WEATHER]}, "tools"),
+                                  ({"response_format": {"type": "json_object"}}, "response_format"),
+                                  ({"messages": history}, "messages")):
+                refused = await client.post("/v1/chat/completions", json={"model": "raw/m", "messages": HI, **change})
+                assert refused.status_code == 400, refused.text
+                assert refused.json()["error"]["param"] == param
+                assert refused.json()["error"]["code"] == "not_supported_by_provider"
+            assert upstream.posts == []  # nothing went upstream
+    finally:
+        await upstream.stop()
