@@ -1,8 +1,10 @@
 """A registry version loaded on a local engine: the `ModelHandle` that chat and text completions share.
 
-`stream` renders and tokenizes off the event loop (`prompts.py`), checks the request against the model (context length, what
-the engine supports), resolves sampling defaults from the spec's `serve` section, and submits the `n` sequences to
-the model's scheduler as one unit. Its events come back on one queue.
+`stream` renders and tokenizes off the event loop (`prompts.py`; tools, tool history and output formats per the
+chat template's family: `tools.py`), checks the request against the model (context length, what the engine
+supports), resolves sampling defaults from the spec's `serve` section (a forced tool call's or output format's
+grammar on every sequence), and submits the `n` sequences to the model's scheduler as one unit. Its events come back
+on one queue; when tools were offered, calls are read out of the text on the way (`tool_calls.py`).
 """
 from __future__ import annotations
 
