@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, Json
 
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]
 
@@ -72,9 +72,8 @@ class MessageDelta(BaseModel):
     stop_sequence: str | None
 
 
-class MessageStreamEvent(BaseModel):
-    """One server-sent event of a streamed message; its `event:` name is its `type`. Which fields it has follows
-    from the type: message_start (message), content_block_start (index, content_block), content_block_delta
+class MessageStreamData(BaseModel):
+    """What one server-sent event of a streamed message carries; which fields it has follows from its type: message_start (message), content_block_start (index, content_block), content_block_delta
     (index, delta), content_block_stop (index), message_delta (delta, usage), ping and message_stop (none), error
     (error: a failure after the stream began)."""
 
@@ -86,3 +85,11 @@ class MessageStreamEvent(BaseModel):
     delta: Annotated[TextDelta | InputJsonDelta, Field(discriminator="type")] | MessageDelta | None = None
     usage: MessageUsage | None = None
     error: AnthropicErrorObject | None = None
+
+
+class MessageStreamEvent(BaseModel):
+    """One server-sent event of a streamed message (`"stream": true`): `event` names its type, `data` is the event
+    (JSON); the stream ends with message_stop (no [DONE]), or an `error` event."""
+
+    event: str
+    data: Json[MessageStreamData]
