@@ -165,13 +165,12 @@ class MessagesInput(Lenient):
             "\n\n".join(block.text for block in self.system)
         history = [{"role": "system", "content": system}] if system else []
         history += [message for turn in self.messages for message in turn.inference()]
-        choice = self.tool_choice
+        choice = self.tool_choice or ToolChoice(type="auto")
         tools = [Tool(tool.name, tool.description, tool.input_schema.model_dump()) for tool in self.tools or []]
         return GenerateRequest(
             messages=history, sampling=sampling or SamplingParams(), tools=tools or None,
-            tool_choice={None: "auto", "auto": "auto", "any": "required", "none": "none"}.get(
-                choice and choice.type, choice.name if choice else "auto"),
-            parallel_tool_calls=not (choice and choice.disable_parallel_tool_use))
+            tool_choice=choice.name if choice.type == "tool" else {"any": "required"}.get(choice.type, choice.type),
+            parallel_tool_calls=not choice.disable_parallel_tool_use)
 
 
 Stop = Annotated[str, Field(min_length=1, max_length=MAX_STOP)]
