@@ -26,7 +26,8 @@ def error_of(response) -> dict:
     ({"presence_penalty": 3}, "presence_penalty"),
     ({"max_tokens": 5000}, "max_tokens"),  # beyond the context length (256)
     ({"top_logprobs": 2}, "top_logprobs"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"tools": [{"type": "function", "function": {"name": "no spaces"}}]}, "tools[0].function.name"),
+    ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),  # not in tools
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
     ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content[0].text"),
