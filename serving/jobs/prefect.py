@@ -25,6 +25,8 @@ from factory.jobs import FINETUNE_DEPLOYMENT, FINETUNE_FLOW, RESULT_ARTIFACT
 from factory.registry import Registry, RegistryError, Version
 from serving.jobs import Job, JobConflict, JobEvent, JobNotFound, JobsUnavailable
 
+PAGE = 200  # Prefect's most log lines per read_logs call
+
 STATUS = {StateType.SCHEDULED: "queued", StateType.PENDING: "queued", StateType.PAUSED: "queued",
           StateType.RUNNING: "running", StateType.COMPLETED: "succeeded", StateType.FAILED: "failed",
           StateType.CRASHED: "failed", StateType.CANCELLED: "cancelled", StateType.CANCELLING: "cancelled"}
@@ -74,9 +76,15 @@ class PrefectJobs:
 
     async def events(self, job_id: str, limit: int) -> list[JobEvent]:
         run = await self._run(job_id)
+        logs: list = []
         async with prefect_client() as client:
-            logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
-                                          sort=LogSort.TIMESTAMP_DESC, limit=limit)
+            while len(logs) < limit:  # Prefect answers at most PAGE lines a call (a 422 past it)
+                page = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
+                                              sort=LogSort.TIMESTAMP_DESC, limit=min(PAGE, limit - len(logs)),
+                                              offset=len(logs))
+                logs += page
+                if len(page) < PAGE:
+                    break
         return [_event(log) for log in logs]
 
     async def cancel(self, job_id: str) -> Job:

@@ -9,7 +9,13 @@ const progress = new Map(); // job id -> the last job.progress event
 
 export function initJobs() {
   $("ft-form").addEventListener("submit", (event) => { event.preventDefault(); startFineTune(); });
+  // Events tell progress when the server watches Prefect; a poll while a job is unfinished covers the rest.
+  setInterval(() => {
+    if ($("jobs").classList.contains("active") && document.querySelector(UNFINISHED)) showFineTunes().then(showBuilds);
+  }, 3000);
 }
+
+const UNFINISHED = ["queued", "running", "validating_files"].map((s) => `#jobs [data-status="${s}"]`).join(",");
 
 export async function showJobs() {
   loadModels($("ft-model")).catch(() => {});
@@ -32,6 +38,11 @@ async function startFineTune() {
     const uploaded = await api("/v1/files", { method: "POST", body: form });
     const body = { model: $("ft-model").value, training_file: uploaded.id };
     if ($("ft-suffix").value) body.suffix = $("ft-suffix").value;
+    const hyperparameters = {};
+    if ($("ft-method").value) hyperparameters.method = $("ft-method").value;
+    if ($("ft-iters").value) hyperparameters.iters = Number($("ft-iters").value);
+    if ($("ft-lr").value) hyperparameters.learning_rate = Number($("ft-lr").value);
+    if (Object.keys(hyperparameters).length) body.hyperparameters = hyperparameters;
     await api("/v1/fine_tuning/jobs", { method: "POST", body });
     showError($("ft-error"), null);
     $("ft-form").reset();
