@@ -98,12 +98,16 @@ def test_a_named_function_is_called_with_valid_arguments(served, messages):
 
 
 def test_required_calls_one_or_more_of_the_tools(served):
-    reply = served.client.chat.completions.create(model="tiny", messages=ASK, tools=TOOLS, tool_choice="required")
+    # room for the grammar's most calls (8 of these, ~35 tokens each): a small model may repeat its call until then
+    room = {"max_tokens": 400}
+    reply = served.client.chat.completions.create(model="tiny", messages=ASK, tools=TOOLS, tool_choice="required",
+                                                  **room)
     answer = reply.choices[0]
     assert answer.finish_reason == "tool_calls" and answer.message.content is None
     check_calls([{"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
                  for c in answer.message.tool_calls], {"get_weather", "get_time"})
-    text, calls, finish = streamed(served.client, messages=HISTORY, tools=TOOLS, tool_choice="required", seed=3)
+    text, calls, finish = streamed(served.client, messages=HISTORY, tools=TOOLS, tool_choice="required", seed=3,
+                                   **room)
     assert text == "" and finish == "tool_calls"
     assert [call["index"] for call in calls] == list(range(len(calls)))
     check_calls(calls, {"get_weather", "get_time"})
