@@ -222,3 +222,16 @@ async def test_providers_refuse_tools_and_formats_rather_than_drop_them(tmp_path
             assert upstream.posts == []  # nothing went upstream
     finally:
         await upstream.stop()
+
+
+async def test_the_sdks_parse_helper_gets_its_pydantic_model_back(sdk, engine):
+    from pydantic import BaseModel
+
+    class Forecast(BaseModel):
+        city: str
+        days: int
+
+    engine.reply = '{"city": "Paris", "days": 3}'
+    reply = await sdk.chat.completions.parse(model="tiny", messages=HI, response_format=Forecast)
+    assert reply.choices[0].message.parsed == Forecast(city="Paris", days=3)
+    assert '"days"' in engine.params[-1].grammar  # the SDK's strict schema became the grammar
