@@ -99,10 +99,10 @@ class LocalModel:
         if room <= 0:
             raise InvalidRequest(f"the prompt has {prompt_length} tokens; this model's context length is {context}",
                                  param=request.input_param, code="context_length_exceeded")
-        wanted = asked.max_tokens or min(defaults.max_tokens, room)
-        if wanted > room:
-            raise InvalidRequest(f"max_tokens {wanted} plus the prompt's {prompt_length} tokens exceed this model's "
-                                 f"context length {context}", param="max_tokens", code="context_length_exceeded")
+        # A max_tokens beyond the room left is capped, not refused (as llama-server, Ollama and LM Studio do):
+        # coding clients send fixed large defaults (Continue 4096, Claude Code 32000) whatever the model's context,
+        # and the sequence then ends with finish_reason "length" where the context does.
+        wanted = min(asked.max_tokens or defaults.max_tokens, room)
         resolved = replace(asked, max_tokens=wanted,
                            temperature=defaults.temperature if asked.temperature is None else asked.temperature,
                            top_p=defaults.top_p if asked.top_p is None else asked.top_p)

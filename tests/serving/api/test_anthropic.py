@@ -305,7 +305,7 @@ def anthropic_shaped(response: httpx.Response, status: int, kind: str, words: st
     ({"model": "tiny", "max_tokens": 4, "messages": [{"role": "user", "content": [
         {"type": "tool_use", "id": "t", "name": "f", "input": {}}]}]}, "belong to assistant messages"),
     ({"model": "tiny", "max_tokens": 4, "messages": HI, "stop_sequences": [""]}, "stop_sequences[0]"),
-    ({"model": "tiny", "max_tokens": 100000, "messages": HI}, "context length"),
+    ({"model": "tiny", "max_tokens": 64, "messages": [{"role": "user", "content": "x " * 5000}]}, "context length"),
     ({"model": "tiny", "max_tokens": 4, "messages": HI + [{"role": "assistant", "content": "The"}]}, "prefill"),
 ])
 async def test_invalid_requests_are_400_in_anthropic_shape(api, body, words, document):

@@ -167,10 +167,9 @@ async def test_upstream_refusals_come_back_in_our_shape(tmp_path, upstream):
         chat = {"model": "up/tiny", "messages": [{"role": "user", "content": "x" * 300}]}
         refused = error_of(await client.post("/v1/chat/completions", json=chat), 400, "context_length_exceeded")
         assert refused["param"] == "messages" and refused["message"].startswith("provider up: ")
-        too_long = error_of(await client.post("/v1/completions", json={"model": "up/tiny", "prompt": "x",
-                                                                          "max_tokens": 999}),
+        too_long = error_of(await client.post("/v1/completions", json={"model": "up/tiny", "prompt": "x " * 300}),
                             400, "context_length_exceeded")
-        assert too_long["param"] == "max_tokens"
+        assert too_long["param"] == "prompt" and too_long["message"].startswith("provider up: ")
         ghost = error_of(await client.post("/v1/chat/completions", json={"model": "up/ghost", "messages": HI}),
                          404, "model_not_found")
         assert "up/ghost" in ghost["message"] and "does not exist" in ghost["message"]  # the upstream's 404
