@@ -4,6 +4,7 @@
 import { api, el, formatBytes, showError } from "./api.js";
 
 const $ = (id) => document.getElementById(id);
+const COLUMNS = ["version", "aliases", "formats", "validation", "lineage", ""];
 
 export function initCatalog() {
   $("cat-refresh").addEventListener("click", showCatalog);
@@ -21,7 +22,8 @@ export async function showCatalog() {
 }
 
 function modelCard(model) {
-  const aliases = Object.entries(model.aliases).map(([alias, version]) => el("span", { class: "chip" }, `${alias} → ${version}`));
+  const aliases = Object.entries(model.aliases).map(([alias, version]) =>
+    el("span", { class: "chip" }, `${alias} → ${version}`));
   const rollbacks = Object.keys(model.aliases).filter((alias) => alias !== "latest").map((alias) =>
     el("button", { type: "button", class: "secondary", "data-rollback": alias,
                    onclick: () => change(model.name, "rollback", { alias }) }, `Roll back ${alias}`));
@@ -29,7 +31,7 @@ function modelCard(model) {
     el("h3", {}, model.name, " ", el("small", {}, model.task)),
     el("div", {}, "aliases: ", aliases, rollbacks),
     el("table", {},
-      el("thead", {}, el("tr", {}, ["version", "aliases", "formats", "validation", "lineage", ""].map((h) => el("th", {}, h)))),
+      el("thead", {}, el("tr", {}, COLUMNS.map((h) => el("th", {}, h)))),
       el("tbody", {}, [...model.versions].reverse().map((version) => versionRow(model, version)))),
     el("p", { class: "error", hidden: true, "data-error": model.name }));
 }
@@ -46,7 +48,8 @@ function versionRow(model, version) {
     el("td", {}, report(version.report, version.aliases.includes("latest"))),
     el("td", {}, lineage(version.lineage)),
     el("td", {}, alias, el("button", { type: "button", "data-promote": version.ref,
-      onclick: () => change(model.name, "promote", { version: version.version, alias: alias.value.trim() }) }, "Promote")));
+      onclick: () => change(model.name, "promote", { version: version.version, alias: alias.value.trim() }) },
+    "Promote")));
 }
 
 function report(validation, open) {
@@ -59,7 +62,8 @@ function report(validation, open) {
 }
 
 function measured(check) {
-  const value = check.value == null ? "" : typeof check.value === "number" ? Number(check.value.toPrecision(5)) : String(check.value).slice(0, 60);
+  const value = check.value == null ? ""
+    : typeof check.value === "number" ? Number(check.value.toPrecision(5)) : String(check.value).slice(0, 60);
   const gate = check.threshold != null ? ` (${check.bound || "gate"} ${check.threshold})` : "";
   return `${check.passed ? "ok" : "FAIL"} ${value}${gate}`;
 }

@@ -33,6 +33,7 @@ export function drawLoss(svg, points) {
     svg.append(dot);
   }
   const title = document.createElementNS(NS, "title");
-  title.textContent = `loss ${values[0].toFixed(3)} → ${train.length ? train[train.length - 1].train_loss.toFixed(3) : "?"}`;
+  const lastLoss = train.length ? train[train.length - 1].train_loss.toFixed(3) : "?";
+  title.textContent = `loss ${values[0].toFixed(3)} → ${lastLoss}`;
   svg.append(title);
 }

@@ -26,7 +26,12 @@ export function initPlayground() {
 }
 
 export async function showPlayground() {
-  try { await loadModels($("pg-model")); showError($("pg-error"), null); } catch (error) { showError($("pg-error"), error); }
+  try {
+    await loadModels($("pg-model"));
+    showError($("pg-error"), null);
+  } catch (error) {
+    showError($("pg-error"), error);
+  }
 }
 
 function setStats({ ttft, tokens, tps, state }) {
