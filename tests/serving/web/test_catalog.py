@@ -83,13 +83,17 @@ def test_without_a_key_the_page_says_what_the_server_said(served, page):
     expect(page.locator("#cat-error")).to_contain_text(re.compile("key", re.I))
 
 
-def test_the_page_fits_a_phone(served, browser):
+def test_every_view_fits_a_phone(served, browser):
     context = browser.new_context(viewport=PHONE, is_mobile=True)
     phone = context.new_page()
     open_ui(phone, served.url, "models", served.admin)
     expect(phone.locator('[data-model="tiny"]')).to_be_visible()
-    width = phone.evaluate("document.documentElement.scrollWidth")
-    assert width <= PHONE["width"] + 1, f"the page scrolls sideways on a phone: {width}px"
+    for view in ["models", "playground", "jobs", "add", "events"]:
+        phone.goto(f"{served.url}/#{view}")
+        expect(phone.locator(f"section#{view}")).to_be_visible()
+        phone.wait_for_load_state("networkidle")
+        width = phone.evaluate("document.documentElement.scrollWidth")
+        assert width <= PHONE["width"] + 1, f"#{view} scrolls sideways on a phone: {width}px"
     context.close()
 
 
