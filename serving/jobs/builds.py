@@ -4,15 +4,14 @@
 """
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
 
-from serving.jobs import JobNotFound, JobsUnavailable
-from serving.jobs.prefect import STATUS, prefect_client
+from serving.jobs import JobsUnavailable
+from serving.jobs.prefect import STATUS, prefect_client, read_flow_run
 
 BUILD_FLOW = "build-model"
 BUILD_DEPLOYMENT = f"{BUILD_FLOW}/on-demand"
@@ -48,16 +47,7 @@ class PrefectBuilds:
         return [_build(run) for run in runs[:limit]], len(runs) > limit
 
     async def get(self, build_id: str) -> Build:
-        try:
-            run_id = uuid.UUID(build_id.removeprefix("build-"))
-        except ValueError:
-            raise JobNotFound(build_id) from None
-        async with prefect_client() as client:
-            try:
-                run = await client.read_flow_run(run_id)
-            except ObjectNotFound:
-                raise JobNotFound(build_id) from None
-        return _build(run)
+        return _build(await read_flow_run(build_id, "build-"))
 
 
 def _build(run) -> Build:

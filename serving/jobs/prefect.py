@@ -50,6 +50,19 @@ async def prefect_client() -> AsyncIterator[Any]:
         raise JobsUnavailable(f"the Prefect API failed ({exc.response.status_code})", code="prefect_error") from None
 
 
+async def read_flow_run(job_id: str, prefix: str):
+    """The flow run behind a job id (`prefix` + the run's UUID); JobNotFound for anything else."""
+    try:
+        run_id = uuid.UUID(job_id.removeprefix(prefix))
+    except ValueError:
+        raise JobNotFound(job_id) from None
+    async with prefect_client() as client:
+        try:
+            return await client.read_flow_run(run_id)
+        except ObjectNotFound:
+            raise JobNotFound(job_id) from None
+
+
 class PrefectJobs:
     def __init__(self, registry: Registry):
         self.registry = registry
@@ -102,15 +115,7 @@ class PrefectJobs:
     # ------------------------------------------------------------------
 
     async def _run(self, job_id: str):
-        try:
-            run_id = uuid.UUID(job_id.removeprefix("ftjob-"))
-        except ValueError:
-            raise JobNotFound(job_id) from None
-        async with prefect_client() as client:
-            try:
-                run = await client.read_flow_run(run_id)
-            except ObjectNotFound:
-                raise JobNotFound(job_id) from None
+        run = await read_flow_run(job_id, "ftjob-")
         if run.flow_id is None:
             raise JobNotFound(job_id)
         return run

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +94,27 @@ def start_server(root: Path, artifact: Path, format_key: str = "mlx-float16", se
 
 def stop_server(process: subprocess.Popen) -> None:
     stop_process_group(process)
+
+
+@contextmanager
+def server_with_worker(root: Path, artifact: Path, *server_args, **env: str) -> Iterator[Server]:
+    """The flows deployed, a Prefect worker and a server sharing one factory root (needs the `prefect_server`
+    fixture): what builds and fine-tunes started through the API run on."""
+    environment = {**os.environ, "FACTORY_ROOT": str(root)}
+    deployed = subprocess.run([sys.executable, "-m", "factory.cli", "deploy"], cwd=ROOT, env=environment,
+                              capture_output=True, text=True, timeout=120)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    worker = subprocess.Popen([sys.executable, "-m", "factory.cli", "worker"], cwd=ROOT, env=environment,
+                              stdout=open(root / "worker.log", "wb"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        server = start_server(root, artifact, *server_args, **env)
+        try:
+            yield server
+        finally:
+            stop_server(server.process)
+    finally:
+        stop_process_group(worker)
 
 
 @pytest.fixture(scope="session")

@@ -4,9 +4,6 @@ told on the events WebSocket as the build progresses and as it is published, the
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,10 +13,9 @@ import yaml
 from websockets.sync.client import connect
 
 from formats.gguf.export import export_gguf
-from tests.fixtures.processes import stop_process_group
-from tests.serving.conftest import Server, start_server, stop_server
+from tests.serving.conftest import Server, server_with_worker
+from tests.serving.test_live_events import next_event
 
-ROOT = Path(__file__).resolve().parents[2]
 UPLOAD_LIMIT = 2 << 20  # the tiny model's GGUF is ~0.4 MB
 
 
@@ -27,27 +23,9 @@ UPLOAD_LIMIT = 2 << 20  # the tiny model's GGUF is ~0.4 MB
 def stack(tmp_path_factory, tiny_gguf, prefect_server):
     """Deployments registered, a worker and a server sharing one factory root."""
     root = tmp_path_factory.mktemp("add-model")
-    env = {**os.environ, "FACTORY_ROOT": str(root)}
-    deployed = subprocess.run([sys.executable, "-m", "factory.cli", "deploy"], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=120)
-    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    worker = subprocess.Popen([sys.executable, "-m", "factory.cli", "worker"], cwd=ROOT, env=env,
-                              stdout=open(root / "worker.log", "wb"), stderr=subprocess.STDOUT,
-                              start_new_session=True)
-    server = start_server(root, tiny_gguf, "gguf-f16", FACTORY_SERVE_REQUESTS_MAX_UPLOAD_BYTES=str(UPLOAD_LIMIT))
-    yield server
-    stop_server(server.process)
-    stop_process_group(worker)
-
-
-def next_event(ws, wanted, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        assert left > 0, "the event did not come"
-        event = json.loads(ws.recv(timeout=left))
-        if wanted(event):
-            return event
+    with server_with_worker(root, tiny_gguf, "gguf-f16",
+                            FACTORY_SERVE_REQUESTS_MAX_UPLOAD_BYTES=str(UPLOAD_LIMIT)) as server:
+        yield server
 
 
 def test_an_uploaded_gguf_is_built_published_and_served(stack: Server, tiny_model, tmp_path):

@@ -2,12 +2,8 @@
 chat with the fine-tuned model. Also: malformed uploads, failed gates and cancellation."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import openai
 import pytest
@@ -15,10 +11,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 
 from tests.fixtures.memorise import MEMORISING, PAIRS, probes, training_jsonl
-from tests.fixtures.processes import stop_process_group
-from tests.serving.conftest import start_server, stop_server
+from tests.serving.conftest import server_with_worker
 
-ROOT = Path(__file__).resolve().parents[2]
 ENDED = {"succeeded", "failed", "cancelled"}
 
 
@@ -26,17 +20,8 @@ ENDED = {"succeeded", "failed", "cancelled"}
 def stack(tmp_path_factory, tiny_mlx, prefect_server):
     """Deployments registered, a worker and a server sharing one factory root."""
     root = tmp_path_factory.mktemp("fine-tuning")
-    env = {**os.environ, "FACTORY_ROOT": str(root)}
-    deployed = subprocess.run([sys.executable, "-m", "factory.cli", "deploy"], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=120)
-    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    worker = subprocess.Popen([sys.executable, "-m", "factory.cli", "worker"], cwd=ROOT, env=env,
-                              stdout=open(root / "worker.log", "wb"), stderr=subprocess.STDOUT,
-                              start_new_session=True)
-    server = start_server(root, tiny_mlx)
-    yield server
-    stop_server(server.process)
-    stop_process_group(worker)
+    with server_with_worker(root, tiny_mlx) as server:
+        yield server
 
 
 def wait_for(client, job_id, statuses, timeout=240):

@@ -73,6 +73,26 @@ def sdk(api) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url="http://in-process/v1", api_key="unused", http_client=api, max_retries=0)
 
 
+def recording_sampling(pool):
+    """The loaded scripted model's engine (load it with a request first), recording the sampling parameters of
+    every sequence inserted from now on in `engine.params`."""
+    engine = pool.loaded["tiny@1"].engine
+    engine.params = []
+    insert = engine.insert
+
+    def recording(prompt, params):
+        engine.params.append(params)
+        return insert(prompt, params)
+
+    engine.insert = recording
+    return engine
+
+
+def prompt_text(engine) -> str:
+    """The text of the last prompt the scripted engine was given."""
+    return "".join(map(engine.token_text, engine.prompts[-1]))
+
+
 def sse_frames(result) -> list:
     """The JSON frames of a server-sent event stream, with `[DONE]` as a string."""
     frames = []

@@ -15,6 +15,7 @@ import pytest
 from factory.keys import KeyStore
 from serving.api.schemas.anthropic_bodies import MessageStreamEvent
 from tests.fixtures.scripted_engine import REPLY, scripted_pool
+from tests.serving.api.conftest import prompt_text, recording_sampling
 from tests.serving.api.test_openapi import schema_for
 
 pytestmark = pytest.mark.anyio
@@ -47,17 +48,7 @@ async def client(api, pool_and_registry):
 async def engine(client, pool_and_registry):
     """The loaded scripted engine, recording every sequence's sampling parameters."""
     await client.messages.create(model="tiny", max_tokens=1, messages=HI)
-    pool, *_ = pool_and_registry
-    engine = pool.loaded["tiny@1"].engine
-    engine.params = []
-    insert = engine.insert
-
-    def recording(prompt, params):
-        engine.params.append(params)
-        return insert(prompt, params)
-
-    engine.insert = recording
-    return engine
+    return recording_sampling(pool_and_registry[0])
 
 
 @pytest.fixture
@@ -79,9 +70,6 @@ def conforms(document: dict, path: str, response: httpx.Response) -> None:
     else:
         jsonschema.Draft202012Validator(schema).validate(response.json())
 
-
-def prompt_text(engine) -> str:
-    return "".join(map(engine.token_text, engine.prompts[-1]))
 
 
 def named_events(text: str) -> list[tuple[str, dict]]:

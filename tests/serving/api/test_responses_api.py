@@ -12,6 +12,7 @@ import pytest
 from factory.keys import KeyStore
 from serving.api.schemas.responses_api_bodies import ResponseDeleted, ResponseObject, ResponseStreamEvent
 from tests.fixtures.scripted_engine import REPLY, scripted_pool
+from tests.serving.api.conftest import prompt_text, recording_sampling
 
 pytestmark = pytest.mark.anyio
 WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city",
@@ -35,21 +36,8 @@ def pool_and_registry(tmp_path):
 async def engine(sdk, pool_and_registry):
     """The loaded scripted engine, recording the sampling parameters of every sequence inserted."""
     await sdk.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=1)
-    pool, *_ = pool_and_registry
-    engine = pool.loaded["tiny@1"].engine
-    engine.params = []
-    insert = engine.insert
+    return recording_sampling(pool_and_registry[0])
 
-    def recording(prompt, params):
-        engine.params.append(params)
-        return insert(prompt, params)
-
-    engine.insert = recording
-    return engine
-
-
-def prompt_text(engine) -> str:
-    return "".join(map(engine.token_text, engine.prompts[-1]))
 
 
 def frames(result) -> list[tuple[str, dict]]:

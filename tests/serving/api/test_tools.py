@@ -12,7 +12,7 @@ import pytest
 from serving.api.schemas import responses
 from serving.app import create_app
 from tests.fixtures.scripted_engine import REPLY, scripted_pool
-from tests.serving.api.conftest import sse_frames
+from tests.serving.api.conftest import prompt_text, recording_sampling, sse_frames
 from tests.serving.api.test_providers import gateway, provider, raw
 
 pytestmark = pytest.mark.anyio
@@ -35,21 +35,8 @@ def pool_and_registry(tmp_path):
 async def engine(sdk, pool_and_registry):
     """The loaded scripted engine, recording the sampling parameters of every sequence inserted."""
     await sdk.chat.completions.create(model="tiny", messages=HI, max_tokens=1)
-    pool, *_ = pool_and_registry
-    engine = pool.loaded["tiny@1"].engine
-    engine.params = []
-    insert = engine.insert
+    return recording_sampling(pool_and_registry[0])
 
-    def recording(prompt, params):
-        engine.params.append(params)
-        return insert(prompt, params)
-
-    engine.insert = recording
-    return engine
-
-
-def prompt_text(engine) -> str:
-    return "".join(map(engine.token_text, engine.prompts[-1]))
 
 
 async def test_a_tool_call_whole_has_null_content_and_finish_reason_tool_calls(sdk, engine):

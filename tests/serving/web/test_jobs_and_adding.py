@@ -4,39 +4,24 @@ a JSONL file picked in the page runs to the end with its loss curve drawn; a mod
 spec (a refused one shows file:line), built, published and answers in the playground; a dropped .gguf is published."""
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
 
 from formats.gguf.export import export_gguf
 from tests.fixtures.memorise import write_training_file
-from tests.fixtures.processes import stop_process_group
-from tests.serving.conftest import Server, start_server, stop_server
+from tests.serving.conftest import Server, server_with_worker
 from tests.serving.web.conftest import DOCS, open_ui
 
-ROOT = Path(__file__).resolve().parents[3]
 BUILD_TIMEOUT_MS = 300_000
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_mlx, prefect_server, local_hub) -> Server:
     root = tmp_path_factory.mktemp("ui-jobs")
-    env = {**os.environ, "FACTORY_ROOT": str(root)}
-    deployed = subprocess.run([sys.executable, "-m", "factory.cli", "deploy"], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=120)
-    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    worker = subprocess.Popen([sys.executable, "-m", "factory.cli", "worker"], cwd=ROOT, env=env,
-                              stdout=open(root / "worker.log", "wb"), stderr=subprocess.STDOUT,
-                              start_new_session=True)
-    server = start_server(root, tiny_mlx)
-    yield server
-    stop_server(server.process)
-    stop_process_group(worker)
+    with server_with_worker(root, tiny_mlx) as server:
+        yield server
 
 
 def test_a_fine_tune_started_from_the_page_runs_with_its_loss_curve(stack, page, tmp_path):
