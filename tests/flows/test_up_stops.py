@@ -74,7 +74,10 @@ def test_stopping_up_stops_the_prefect_server_worker_and_gunicorn(tmp_path, star
     env.update(FACTORY_ROOT=str(tmp_path / "factory"), FACTORY_PREFECT_PORT=str(prefect_port),
                FACTORY_OPENBLAS="0")  # no re-exec with OpenBLAS preloaded: it would drop the replacements above
     log = tmp_path / "up.log"
+    # A job started in the background of a non-interactive shell (CI, nohup ... &) inherits SIGINT ignored, and
+    # Python keeps an ignored SIGINT ignored; a terminal's foreground job has it at its default: start `up` so.
     up = subprocess.Popen([sys.executable, "-c", UP, started_as, "up", "--port", str(serve_port)], cwd=ROOT, env=env,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                           stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     started: dict[tuple[int, str], str] = {}
     try:

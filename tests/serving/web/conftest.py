@@ -18,8 +18,8 @@ PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1200, "height": 900}
 
 
-@pytest.fixture(scope="session")
-def browser():
+@pytest.fixture(scope="module")  # not longer: a started Playwright leaves an event loop in the main thread, which
+def browser():                    # makes Prefect's sync-compatible calls in later tests return coroutines
     executable = shutil.which("chromium")
     assert executable, "chromium is not installed: run `make install` (apt-get install chromium)"
     # The suite preloads OpenBLAS (LD_PRELOAD) for MLX; inherited by Playwright's node driver and chromium, it
