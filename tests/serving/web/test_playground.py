@@ -7,7 +7,6 @@ import re
 
 from playwright.sync_api import expect
 
-from tests.serving.test_fim import smollm2  # noqa: F401  (the fixture)
 from tests.serving.web.conftest import DOCS, open_ui
 
 # Records what the stats line showed each time it changed, to tell "shown while streaming" from "shown at the end".
@@ -30,7 +29,7 @@ def ask(page, question: str, max_tokens: int, temperature: float = 0) -> None:
     page.click("#pg-send")
 
 
-def test_a_streamed_answer_shows_ttft_and_tokens_per_second_while_streaming(smollm2, page):  # noqa: F811
+def test_a_streamed_answer_shows_ttft_and_tokens_per_second_while_streaming(smollm2, page):
     open_ui(page, smollm2.url, "playground")
     expect(page.locator("#pg-model option")).to_contain_text(["default", "tiny"])
     page.select_option("#pg-model", "default")
@@ -53,7 +52,7 @@ def test_a_streamed_answer_shows_ttft_and_tokens_per_second_while_streaming(smol
     page.screenshot(path=str(DOCS / "ui-playground.png"), full_page=True)
 
 
-def test_stop_aborts_the_answer_and_the_next_question_still_answers(smollm2, page):  # noqa: F811
+def test_stop_aborts_the_answer_and_the_next_question_still_answers(smollm2, page):
     open_ui(page, smollm2.url, "playground")
     page.select_option("#pg-model", "default")
     page.fill("#pg-system", "You are a storyteller.")
