@@ -8,10 +8,8 @@ from dataclasses import dataclass
 
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect.client.schemas.sorting import FlowRunSort
-from prefect.exceptions import ObjectNotFound
 
-from serving.jobs import JobsUnavailable
-from serving.jobs.prefect import STATUS, prefect_client, read_flow_run
+from serving.jobs.prefect import STATUS, prefect_client, read_flow_run, run_deployment
 
 BUILD_FLOW = "build-model"
 BUILD_DEPLOYMENT = f"{BUILD_FLOW}/on-demand"
@@ -30,15 +28,7 @@ class Build:
 class PrefectBuilds:
     async def start(self, spec: str, specs_dir: str) -> Build:
         """Run the build deployment for `spec` (a path, or a name looked up in `specs_dir`, as the flow does)."""
-        async with prefect_client() as client:
-            try:
-                deployment = await client.read_deployment_by_name(BUILD_DEPLOYMENT)
-            except ObjectNotFound:
-                raise JobsUnavailable(f"the {BUILD_DEPLOYMENT} deployment is not registered; run `factory deploy`",
-                                      code="deployment_missing") from None
-            run = await client.create_flow_run_from_deployment(
-                deployment.id, parameters={"spec": spec, "specs_dir": specs_dir}, tags=["build"])
-        return _build(run)
+        return _build(await run_deployment(BUILD_DEPLOYMENT, {"spec": spec, "specs_dir": specs_dir}, "build"))
 
     async def list(self, limit: int) -> tuple[list[Build], bool]:
         async with prefect_client() as client:

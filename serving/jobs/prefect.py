@@ -50,6 +50,17 @@ async def prefect_client() -> AsyncIterator[Any]:
         raise JobsUnavailable(f"the Prefect API failed ({exc.response.status_code})", code="prefect_error") from None
 
 
+async def run_deployment(name: str, parameters: dict[str, Any], tag: str):
+    """A new flow run of the deployment `name` (JobsUnavailable when `factory deploy` has not registered it)."""
+    async with prefect_client() as client:
+        try:
+            deployment = await client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            raise JobsUnavailable(f"the {name} deployment is not registered; run `factory deploy`",
+                                  code="deployment_missing") from None
+        return await client.create_flow_run_from_deployment(deployment.id, parameters=parameters, tags=[tag])
+
+
 async def read_flow_run(job_id: str, prefix: str):
     """The flow run behind a job id (`prefix` + the run's UUID); JobNotFound for anything else."""
     try:
@@ -68,15 +79,7 @@ class PrefectJobs:
         self.registry = registry
 
     async def create(self, parameters: dict[str, Any]) -> Job:
-        async with prefect_client() as client:
-            try:
-                deployment = await client.read_deployment_by_name(FINETUNE_DEPLOYMENT)
-            except ObjectNotFound:
-                raise JobsUnavailable(f"the {FINETUNE_DEPLOYMENT} deployment is not registered; run `factory deploy`",
-                                      code="deployment_missing") from None
-            run = await client.create_flow_run_from_deployment(deployment.id, parameters=parameters,
-                                                               tags=["fine-tune"])
-        return await self._job(run)
+        return await self._job(await run_deployment(FINETUNE_DEPLOYMENT, parameters, "fine-tune"))
 
     async def list(self, limit: int) -> tuple[list[Job], bool]:
         async with prefect_client() as client:

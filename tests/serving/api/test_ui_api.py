@@ -10,22 +10,15 @@ import pytest
 from serving.app import create_app
 from serving.events import log as event_log
 from serving.events.log import EventLog
-from serving.jobs import JobEvent, JobNotFound, JobsUnavailable
+from serving.jobs import JobEvent
 from tests.fixtures.scripted_engine import scripted_pool
-from tests.serving.api.test_openapi import JOB
+from tests.serving.api.test_openapi import JOB, ScriptedJobs
 
 pytestmark = pytest.mark.anyio
 
 
-class LossJobs:
+class LossJobs(ScriptedJobs):
     """A fine-tune's events as Prefect returns them: newest first, train and valid lines for the same step."""
-
-    async def get(self, job_id):
-        if job_id == "ftjob-down":
-            raise JobsUnavailable("the Prefect API cannot be reached", code="prefect_unreachable")
-        if job_id != JOB.id:
-            raise JobNotFound(job_id)
-        return JOB
 
     async def events(self, job_id, limit):
         lines = [(1, "train", 2.5), (2, "train", 1.75), (2, "valid", 1.9), (3, "train", 1.25)]
